@@ -1,0 +1,65 @@
+"""Settings: every knob the service, the jobs and the tests read, in one typed class.
+
+Values come from the environment (or a `.env` file); defaults are those of DESIGN.md.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore")
+
+    port: int = Field(3000, description="HTTP port of `bentoml serve`.")
+    workers: int = Field(
+        default_factory=lambda: os.cpu_count() or 1,
+        ge=1,
+        description="BentoML worker processes; defaults to the number of cores.",
+    )
+
+    redis_connection_string: str = Field(
+        "127.0.0.1:6379",
+        description="Feast Redis online store, `host:port[,password=...,ssl=true,db=0]`.",
+    )
+    feature_read_timeout_s: float = Field(
+        0.25, gt=0, description="Bound on one online feature read; past it the request gets 503."
+    )
+    feast_repo_path: Path = Field(
+        PROJECT_ROOT / "feature_repo", description="The Feast repo (feature_store.yaml)."
+    )
+
+    mlflow_tracking_uri: str = Field(
+        f"sqlite:///{PROJECT_ROOT / 'artifacts' / 'mlflow.db'}",
+        description="MLflow tracking and registry: a SQLite file by default, or a server URL.",
+    )
+    mlflow_artifact_root: Path = Field(
+        PROJECT_ROOT / "artifacts" / "mlruns",
+        description="Where runs store artifacts when the tracking URI is a local database.",
+    )
+    model_name: str = Field("driver-ranker", description="Registered model name.")
+    model_alias: str = Field("champion", description="Alias the service serves.")
+
+    max_driver_ids: int = Field(1000, ge=1, description="Most driver ids one request may carry.")
+
+    @field_validator("feast_repo_path", "mlflow_artifact_root")
+    @classmethod
+    def _absolute(cls, path: Path) -> Path:
+        return path.expanduser().resolve()
+
+    def export_for_feast(self) -> None:
+        """Feast expands `${VAR}` in feature_store.yaml from the environment: hand it our value."""
+        os.environ["REDIS_CONNECTION_STRING"] = self.redis_connection_string
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The settings of this process, read once."""
+    return Settings()

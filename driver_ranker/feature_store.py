@@ -1,0 +1,133 @@
+"""The Feast feature store: open it, apply the definitions, materialize into the online store.
+
+`python -m driver_ranker.feature_store` (`make features`) applies `feature_repo/` and fills Redis.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import redis
+from feast import FeatureStore
+from feast.infra.online_stores.redis import RedisOnlineStore, RedisOnlineStoreConfig
+from feast.repo_config import load_repo_config
+from feast.repo_operations import apply_total, cli_check_repo
+
+from driver_ranker.config import Settings, get_settings
+from driver_ranker.data import FIRST_DRIVER_ID, STATS_FILE
+
+logger = logging.getLogger(__name__)
+
+FEATURE_SERVICE = "driver_ranker_v1"
+"""The feature service the model is trained on; each model version records the one it used."""
+
+
+class DependencyUnavailable(RuntimeError):
+    """A service the job needs (Redis, the registry) does not answer; the message says what to do."""
+
+
+def open_store(settings: Settings) -> FeatureStore:
+    settings.export_for_feast()
+    return FeatureStore(repo_path=str(settings.feast_repo_path))
+
+
+def redis_address(connection_string: str) -> str:
+    """`host:port` of a Feast Redis connection string, without its secrets."""
+    return connection_string.split(",", 1)[0]
+
+
+def redis_client(connection_string: str, timeout_s: float) -> redis.Redis:
+    """A redis-py client for a Feast connection string, with bounded connect and read times."""
+    nodes, params = RedisOnlineStore._parse_connection_string(connection_string)
+    return redis.Redis(
+        host=nodes[0]["host"],
+        port=int(nodes[0]["port"]),
+        socket_timeout=timeout_s,
+        socket_connect_timeout=timeout_s,
+        **params,
+    )
+
+
+def require_redis(store: FeatureStore, timeout_s: float = 1.0) -> None:
+    """Fails with a message that says how to start Redis when the online store does not answer."""
+    config = store.config.online_store
+    if not isinstance(config, RedisOnlineStoreConfig):
+        return
+    address = redis_address(config.connection_string)
+    try:
+        redis_client(config.connection_string, timeout_s).ping()
+    except redis.RedisError as exc:
+        raise DependencyUnavailable(
+            f"Redis does not answer at {address} ({exc}). Start it with "
+            "`redis-server --daemonize yes --save '' --appendonly no`, "
+            "or point REDIS_CONNECTION_STRING at one."
+        ) from exc
+
+
+def require_data(repo_path: Path) -> None:
+    if not (repo_path / "data" / STATS_FILE).exists():
+        raise FileNotFoundError(
+            f"{repo_path / 'data' / STATS_FILE} is missing: run `make data` first."
+        )
+
+
+def apply(settings: Settings) -> FeatureStore:
+    """`feast apply` of the repo: registers the entity, views and services, creates online tables."""
+    require_data(settings.feast_repo_path)
+    settings.export_for_feast()
+    config = load_repo_config(settings.feast_repo_path, settings.feast_repo_path / "feature_store.yaml")
+    store = FeatureStore(repo_path=str(settings.feast_repo_path))
+    require_redis(store)
+    # Feast imports the definition files by their path relative to the working directory.
+    with contextlib.chdir(settings.feast_repo_path):
+        cli_check_repo(settings.feast_repo_path, settings.feast_repo_path / "feature_store.yaml")
+        apply_total(config, settings.feast_repo_path, skip_source_validation=False)
+    return FeatureStore(repo_path=str(settings.feast_repo_path))
+
+
+def _online_store_filled(store: FeatureStore) -> bool:
+    """Whether the first driver has features online (Redis here keeps nothing across restarts)."""
+    row = store.get_online_features(
+        features=store.get_feature_service(FEATURE_SERVICE), entity_rows=[{"driver_id": FIRST_DRIVER_ID}]
+    ).to_dict()
+    return any(values[0] is not None for name, values in row.items() if name != "driver_id")
+
+
+def materialize(store: FeatureStore, end: datetime | None = None) -> str:
+    """Incremental materialization; a full one when the online store is empty.
+
+    Returns which of the two ran.
+    """
+    end = end or datetime.now(UTC)
+    views = store.list_feature_views()
+    if all(v.most_recent_end_time for v in views) and _online_store_filled(store):
+        store.materialize_incremental(end_date=end)
+        return "incremental"
+    store.materialize(start_date=datetime(1970, 1, 1, tzinfo=UTC), end_date=end)
+    return "full"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Apply feature_repo/ and materialize into the online store.")
+    parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    settings = get_settings()
+    started = time.perf_counter()
+    try:
+        store = apply(settings)
+        kind = materialize(store)
+    except (DependencyUnavailable, FileNotFoundError) as exc:
+        raise SystemExit(f"error: {exc}") from None
+    print(
+        f"features: applied project {store.project!r}, {kind} materialization into "
+        f"{type(store.config.online_store).__name__} in {time.perf_counter() - started:.1f} s"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,97 @@
+"""The MLflow model registry: where the champion is named, and how a version is loaded."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import mlflow
+from mlflow import MlflowClient
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
+
+from driver_ranker.config import Settings
+
+logger = logging.getLogger(__name__)
+
+FEATURE_SERVICE_TAG = "feast.feature_service"
+"""Model version tag naming the Feast feature service the version was trained on."""
+
+
+class ModelUnavailable(RuntimeError):
+    """The registry does not answer, or names no version for the alias."""
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A registered version loaded for scoring, with what serving needs to feed it."""
+
+    name: str
+    version: str
+    alias: str
+    run_id: str
+    feature_names: tuple[str, ...]
+    """Input order of the model, from its signature."""
+    feature_service: str
+    estimator: Any = field(repr=False)
+    """The native scikit-learn estimator (`predict_proba`)."""
+    loaded_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+    @property
+    def uri(self) -> str:
+        return f"models:/{self.name}/{self.version}"
+
+
+def connect(settings: Settings) -> MlflowClient:
+    """A client for the configured tracking server and registry (also the default for `mlflow.*`)."""
+    mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
+    mlflow.set_registry_uri(settings.mlflow_tracking_uri)
+    return MlflowClient(settings.mlflow_tracking_uri, settings.mlflow_tracking_uri)
+
+
+def version_for_alias(client: MlflowClient, name: str, alias: str) -> ModelVersion | None:
+    """The version an alias points to, or None when the model or alias does not exist."""
+    try:
+        return client.get_model_version_by_alias(name, alias)
+    except MlflowException as exc:
+        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            return None
+        raise
+
+
+def load_version(client: MlflowClient, version: ModelVersion, alias: str) -> LoadedModel:
+    """Loads a version with its scikit-learn flavour and reads its feature order and service."""
+    uri = f"models:/{version.name}/{version.version}"
+    signature = mlflow.models.get_model_info(uri).signature
+    if signature is None:
+        raise ModelUnavailable(f"{uri} has no signature: the feature order is unknown")
+    feature_service = version.tags.get(FEATURE_SERVICE_TAG)
+    if not feature_service:
+        raise ModelUnavailable(f"{uri} has no {FEATURE_SERVICE_TAG!r} tag: the features are unknown")
+    return LoadedModel(
+        name=version.name,
+        version=str(version.version),
+        alias=alias,
+        run_id=version.run_id or "",
+        feature_names=tuple(signature.inputs.input_names()),
+        feature_service=feature_service,
+        estimator=mlflow.sklearn.load_model(uri),
+    )
+
+
+def load_alias(settings: Settings, alias: str | None = None) -> LoadedModel:
+    """Resolves `models:/<name>@<alias>` (the champion by default) and loads it."""
+    alias = alias or settings.model_alias
+    client = connect(settings)
+    try:
+        version = version_for_alias(client, settings.model_name, alias)
+    except MlflowException as exc:
+        raise ModelUnavailable(f"the MLflow registry at {settings.mlflow_tracking_uri} fails: {exc}") from exc
+    if version is None:
+        raise ModelUnavailable(
+            f"no version of {settings.model_name!r} has the alias {alias!r} in "
+            f"{settings.mlflow_tracking_uri}: run `make train`"
+        )
+    return load_version(client, version, alias)
