@@ -11,6 +11,8 @@ from starlette.responses import JSONResponse
 
 from driver_ranker import metrics
 from driver_ranker.config import get_settings
+from driver_ranker.http_errors import ValidationErrorMiddleware
+from driver_ranker.logs import configure_logging
 from driver_ranker.online_features import FeatureStoreUnavailable
 from driver_ranker.ranker import Ranker
 from driver_ranker.schemas import InferenceRequest, InferenceResponse, ModelInfo
@@ -28,6 +30,7 @@ routes = FastAPI(title="driver-ranker extras")
 @bentoml.asgi_app(routes, path="/")
 class DriverRanker:
     def __init__(self) -> None:
+        configure_logging()
         self.ranker = Ranker.start(settings)
 
     @bentoml.api(route="/inference")
@@ -46,3 +49,6 @@ class DriverRanker:
 
     async def __is_ready__(self) -> bool:
         return await self.ranker.reader.ping()
+
+
+DriverRanker.add_asgi_middleware(ValidationErrorMiddleware)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -25,6 +26,9 @@ class Settings(BaseSettings):
         description="BentoML worker processes; defaults to the number of cores.",
     )
 
+    online_store: Literal["redis", "sqlite"] = Field(
+        "redis", description="Feast online store: Redis, or embedded SQLite where no Redis runs."
+    )
     redis_connection_string: str = Field(
         "127.0.0.1:6379",
         description="Feast Redis online store, `host:port[,password=...,ssl=true,db=0]`.",
@@ -53,6 +57,11 @@ class Settings(BaseSettings):
     @classmethod
     def _absolute(cls, path: Path) -> Path:
         return path.expanduser().resolve()
+
+    @property
+    def feast_yaml(self) -> Path:
+        name = "feature_store.yaml" if self.online_store == "redis" else "feature_store.sqlite.yaml"
+        return self.feast_repo_path / name
 
     def export_for_feast(self) -> None:
         """Feast expands `${VAR}` in feature_store.yaml from the environment: hand it our value."""

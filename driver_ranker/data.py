@@ -50,7 +50,9 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-x))
 
 
-def _ar1_walk(rng: np.random.Generator, level: np.ndarray, hours: int, phi: float, sigma: float) -> np.ndarray:
+def _ar1_walk(
+    rng: np.random.Generator, level: np.ndarray, hours: int, phi: float, sigma: float
+) -> np.ndarray:
     """Walks of shape (drivers, hours) that revert to each driver's `level`."""
     walk = np.empty((level.size, hours))
     walk[:, 0] = level + rng.normal(0, sigma / np.sqrt(1 - phi**2), level.size)
@@ -132,10 +134,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--end", type=datetime.fromisoformat, help="ISO time; default today 00:00 UTC")
     parser.add_argument("--out", type=Path, default=get_settings().feast_repo_path / "data")
+    parser.add_argument("--force", action="store_true", help="rewrite files that already exist")
     args = parser.parse_args(argv)
+    if (args.out / STATS_FILE).exists() and (args.out / ORDERS_FILE).exists() and not args.force:
+        print(f"data: {args.out} already holds {STATS_FILE} and {ORDERS_FILE}; --force rewrites them")
+        return
     spec = DataSpec(args.drivers, args.days, args.orders, args.seed, args.end)
     stats_path, orders_path = write(spec, args.out)
-    print(f"wrote {stats_path} and {orders_path} ({spec.n_drivers} drivers, {spec.days} days, seed {spec.seed})")
+    print(
+        f"wrote {stats_path} and {orders_path} ({spec.n_drivers} drivers, {spec.days} days, seed {spec.seed})"
+    )
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ from pathlib import Path
 import redis
 from feast import FeatureStore
 from feast.infra.online_stores.redis import RedisOnlineStore, RedisOnlineStoreConfig
-from feast.repo_config import load_repo_config
 from feast.repo_operations import apply_total, cli_check_repo
 
 from driver_ranker.config import Settings, get_settings
@@ -33,7 +32,7 @@ class DependencyUnavailable(RuntimeError):
 
 def open_store(settings: Settings) -> FeatureStore:
     settings.export_for_feast()
-    return FeatureStore(repo_path=str(settings.feast_repo_path))
+    return FeatureStore(repo_path=str(settings.feast_repo_path), fs_yaml_file=settings.feast_yaml)
 
 
 def redis_address(connection_string: str) -> str:
@@ -71,23 +70,19 @@ def require_redis(store: FeatureStore, timeout_s: float = 1.0) -> None:
 
 def require_data(repo_path: Path) -> None:
     if not (repo_path / "data" / STATS_FILE).exists():
-        raise FileNotFoundError(
-            f"{repo_path / 'data' / STATS_FILE} is missing: run `make data` first."
-        )
+        raise FileNotFoundError(f"{repo_path / 'data' / STATS_FILE} is missing: run `make data` first.")
 
 
 def apply(settings: Settings) -> FeatureStore:
     """`feast apply` of the repo: registers the entity, views and services, creates online tables."""
     require_data(settings.feast_repo_path)
-    settings.export_for_feast()
-    config = load_repo_config(settings.feast_repo_path, settings.feast_repo_path / "feature_store.yaml")
-    store = FeatureStore(repo_path=str(settings.feast_repo_path))
+    store = open_store(settings)
     require_redis(store)
     # Feast imports the definition files by their path relative to the working directory.
     with contextlib.chdir(settings.feast_repo_path):
-        cli_check_repo(settings.feast_repo_path, settings.feast_repo_path / "feature_store.yaml")
-        apply_total(config, settings.feast_repo_path, skip_source_validation=False)
-    return FeatureStore(repo_path=str(settings.feast_repo_path))
+        cli_check_repo(settings.feast_repo_path, settings.feast_yaml)
+        apply_total(store.config, settings.feast_repo_path, skip_source_validation=False)
+    return open_store(settings)
 
 
 def _online_store_filled(store: FeatureStore) -> bool:
@@ -98,14 +93,14 @@ def _online_store_filled(store: FeatureStore) -> bool:
     return any(values[0] is not None for name, values in row.items() if name != "driver_id")
 
 
-def materialize(store: FeatureStore, end: datetime | None = None) -> str:
-    """Incremental materialization; a full one when the online store is empty.
+def materialize(store: FeatureStore, end: datetime | None = None, full: bool = False) -> str:
+    """Incremental materialization; a full one when asked or when the online store is empty.
 
     Returns which of the two ran.
     """
     end = end or datetime.now(UTC)
     views = store.list_feature_views()
-    if all(v.most_recent_end_time for v in views) and _online_store_filled(store):
+    if not full and all(v.most_recent_end_time for v in views) and _online_store_filled(store):
         store.materialize_incremental(end_date=end)
         return "incremental"
     store.materialize(start_date=datetime(1970, 1, 1, tzinfo=UTC), end_date=end)
@@ -114,13 +109,16 @@ def materialize(store: FeatureStore, end: datetime | None = None) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Apply feature_repo/ and materialize into the online store.")
-    parser.parse_args(argv)
+    parser.add_argument(
+        "--full", action="store_true", help="materialize all data again (after `make data` regenerated it)"
+    )
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     settings = get_settings()
     started = time.perf_counter()
     try:
         store = apply(settings)
-        kind = materialize(store)
+        kind = materialize(store, full=args.full)
     except (DependencyUnavailable, FileNotFoundError) as exc:
         raise SystemExit(f"error: {exc}") from None
     print(

@@ -98,7 +98,9 @@ class FeastSdkReader:
 
     kind = "feast-sdk"
 
-    def __init__(self, store: FeatureStore, service_name: str, feature_names: Sequence[str], timeout_s: float):
+    def __init__(
+        self, store: FeatureStore, service_name: str, feature_names: Sequence[str], timeout_s: float
+    ):
         self._store = store
         self._service = store.get_feature_service(service_name)
         self._names = list(feature_names)
@@ -132,7 +134,9 @@ class RedisFeatureReader:
 
     kind = "redis-direct"
 
-    def __init__(self, store: FeatureStore, service_name: str, feature_names: Sequence[str], timeout_s: float):
+    def __init__(
+        self, store: FeatureStore, service_name: str, feature_names: Sequence[str], timeout_s: float
+    ):
         config = store.config.online_store
         self._project = store.project.encode()
         self._key_version = store.config.entity_key_serialization_version
@@ -188,7 +192,9 @@ class RedisFeatureReader:
         n_views = len(self._views)
         for i in range(len(driver_ids)):
             row: list[float | None] = [None] * self._n_features
-            for (_, decoders), reply in zip(self._views, replies[i * n_views : (i + 1) * n_views], strict=True):
+            for (_, decoders), reply in zip(
+                self._views, replies[i * n_views : (i + 1) * n_views], strict=True
+            ):
                 for (column, attr), raw in zip(decoders, reply, strict=True):
                     if raw:
                         value = Value.FromString(raw)

@@ -36,11 +36,18 @@ class Ranker:
         """Loads the champion and opens the online store; raises when either is unavailable."""
         model = load_alias(settings)
         store = open_store(settings)
-        reader = open_reader(store, model.feature_service, model.feature_names, settings.feature_read_timeout_s)
+        reader = open_reader(
+            store, model.feature_service, model.feature_names, settings.feature_read_timeout_s
+        )
         online_store = type(store.config.online_store).__name__.removesuffix("OnlineStoreConfig")
         logger.info(
             "serving %s v%s (@%s) with features %s from %s via %s",
-            model.name, model.version, model.alias, list(model.feature_names), online_store, reader.kind,
+            model.name,
+            model.version,
+            model.alias,
+            list(model.feature_names),
+            online_store,
+            reader.kind,
         )
         return cls(model, reader, online_store)
 

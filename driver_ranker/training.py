@@ -130,7 +130,11 @@ def champion_decision(
     champion = load_version(client, current, settings.model_alias)
     missing = set(champion.feature_names) - set(holdout.columns)
     if missing:
-        return True, f"champion v{current.version} needs features no longer served: {sorted(missing)}", current.version
+        return (
+            True,
+            f"champion v{current.version} needs features no longer served: {sorted(missing)}",
+            current.version,
+        )
     champion_auc = evaluate(champion.estimator, holdout, list(champion.feature_names))["holdout_auc"]
     if metrics["holdout_auc"] < champion_auc:
         return (
@@ -138,7 +142,11 @@ def champion_decision(
             f"holdout AUC {metrics['holdout_auc']:.4f} is worse than champion v{current.version}'s {champion_auc:.4f}",
             current.version,
         )
-    return True, f"holdout AUC {metrics['holdout_auc']:.4f} >= champion v{current.version}'s {champion_auc:.4f}", current.version
+    return (
+        True,
+        f"holdout AUC {metrics['holdout_auc']:.4f} >= champion v{current.version}'s {champion_auc:.4f}",
+        current.version,
+    )
 
 
 def train(settings: Settings, options: TrainOptions = TrainOptions()) -> TrainingReport:
@@ -162,14 +170,16 @@ def train(settings: Settings, options: TrainOptions = TrainOptions()) -> Trainin
     client = connect(settings)
     experiment_id = _experiment_id(client, settings)
     started = time.perf_counter()
-    with mlflow.start_run(experiment_id=experiment_id) as run:
+    with mlflow.start_run(experiment_id=experiment_id):
         # Fitted on arrays: serving passes arrays in signature order, with no per-call name checks.
         estimator = build_model(options).fit(train_rows[features].to_numpy(), train_rows[LABEL].to_numpy())
         metrics = evaluate(estimator, holdout, features)
         window = f"{rows.event_timestamp.min().isoformat()}/{rows.event_timestamp.max().isoformat()}"
         tags = {FEATURE_SERVICE_TAG: FEATURE_SERVICE, "data_window": window, "git_commit": _git_commit()}
         mlflow.set_tags(tags)
-        mlflow.log_params({k: v for k, v in asdict(options).items() if k != "features"} | {"features": ",".join(features)})
+        mlflow.log_params(
+            {k: v for k, v in asdict(options).items() if k != "features"} | {"features": ",".join(features)}
+        )
         mlflow.log_metrics(metrics | {"train_rows": len(train_rows), "holdout_rows": len(holdout)})
         example = train_rows[features].head(5)
         model_info = mlflow.sklearn.log_model(
@@ -193,7 +203,9 @@ def train(settings: Settings, options: TrainOptions = TrainOptions()) -> Trainin
 
 def main(argv: list[str] | None = None) -> None:
     defaults = TrainOptions()
-    parser = argparse.ArgumentParser(description="Train, register, and maybe promote a driver-ranker version.")
+    parser = argparse.ArgumentParser(
+        description="Train, register, and maybe promote a driver-ranker version."
+    )
     parser.add_argument("--model", choices=["logreg", "hgb"], default=defaults.model)
     parser.add_argument("--c", type=float, default=defaults.c)
     parser.add_argument("--holdout-fraction", type=float, default=defaults.holdout_fraction)
@@ -209,7 +221,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.if_no_champion:
         current = version_for_alias(connect(settings), settings.model_name, settings.model_alias)
         if current is not None:
-            print(f"train: {settings.model_name}@{settings.model_alias} is version {current.version}; skipping")
+            print(
+                f"train: {settings.model_name}@{settings.model_alias} is version {current.version}; skipping"
+            )
             return
     options = TrainOptions(
         args.model, args.c, args.holdout_fraction, args.min_auc, tuple(args.features or ()) or None, args.seed

@@ -1,0 +1,49 @@
+# driver-ranker: `make help` lists the targets.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+PORT ?= 3000
+export PORT
+
+.DEFAULT_GOAL := help
+
+help: ## list the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+$(VENV)/.installed: requirements.lock pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check -r requirements.lock
+	$(BIN)/pip install -q --disable-pip-version-check --no-deps -e .
+	touch $@
+
+install: $(VENV)/.installed ## create .venv and install the pinned dependencies
+
+data: $(VENV)/.installed ## generate the seeded synthetic data into feature_repo/data/ (FORCE=1 rewrites it)
+	$(BIN)/python -m driver_ranker.data $(if $(FORCE),--force)
+
+features: $(VENV)/.installed ## feast apply and materialize into the online store (FULL=1: all data again)
+	$(BIN)/python -m driver_ranker.feature_store $(if $(FULL),--full)
+
+train: $(VENV)/.installed ## train, register a version, promote it to champion if it passes the gate
+	$(BIN)/python -m driver_ranker.training
+
+serve: $(VENV)/.installed ## everything from a fresh clone (Redis, data, features, champion), then serve on PORT
+	$(BIN)/python -m driver_ranker.bootstrap serve
+
+test: $(VENV)/.installed ## the whole test suite against real Redis and MLflow
+	$(BIN)/python -m pytest
+
+lint: $(VENV)/.installed ## ruff lint and format check
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(VENV)/.installed ## ruff format and fix
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+clean: ## remove generated data, registries and reports (keeps .venv)
+	rm -rf feature_repo/data artifacts/* .pytest_cache
+	touch artifacts/.gitkeep
+
+.PHONY: help install data features train serve test lint format clean

@@ -1,0 +1,146 @@
+"""Real components for tests: a Feast repo in a temporary folder, a redis-server, a BentoML server."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+
+from driver_ranker.config import PROJECT_ROOT, Settings
+from driver_ranker.data import DataSpec, write
+from driver_ranker.feature_store import apply, materialize
+
+REDIS = "127.0.0.1:6379"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def make_feast_repo(root: Path, spec: DataSpec, redis: str = REDIS) -> Path:
+    """A copy of feature_repo/ under `root` with its own Feast project name (so its Redis keys are
+    its own), generated data, applied and materialized."""
+    repo = root / "feature_repo"
+    repo.mkdir(parents=True)
+    shutil.copy(PROJECT_ROOT / "feature_repo" / "driver_repo.py", repo)
+    project = f"t_{uuid.uuid4().hex[:10]}"
+    yaml = (PROJECT_ROOT / "feature_repo" / "feature_store.yaml").read_text()
+    (repo / "feature_store.yaml").write_text(yaml.replace("project: driver_ranker", f"project: {project}"))
+    write(spec, repo / "data")
+    materialize(apply(repo_settings(repo, redis)))
+    return repo
+
+
+def repo_settings(repo: Path, redis: str = REDIS, mlflow_dir: Path | None = None) -> Settings:
+    mlflow_dir = mlflow_dir or repo.parent / "mlflow"
+    return Settings(
+        feast_repo_path=repo,
+        redis_connection_string=redis,
+        mlflow_tracking_uri=f"sqlite:///{mlflow_dir / 'mlflow.db'}",
+        mlflow_artifact_root=mlflow_dir / "artifacts",
+    )
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The environment that gives a child process these settings."""
+    return {
+        "FEAST_REPO_PATH": str(settings.feast_repo_path),
+        "REDIS_CONNECTION_STRING": settings.redis_connection_string,
+        "MLFLOW_TRACKING_URI": settings.mlflow_tracking_uri,
+        "MLFLOW_ARTIFACT_ROOT": str(settings.mlflow_artifact_root),
+        "ONLINE_STORE": settings.online_store,
+    }
+
+
+def teardown_repo(settings: Settings) -> None:
+    """Removes what the repo wrote to Redis (Feast deletes its project's keys) and its files."""
+    from driver_ranker.feature_store import open_store
+
+    open_store(settings).teardown()
+
+
+@contextmanager
+def redis_server(port: int | None = None) -> Iterator[tuple[subprocess.Popen, str]]:
+    """A redis-server of the test's own on a free port; stopped (and forgotten) at the end."""
+    port = port or free_port()
+    proc = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+    )
+    address = f"127.0.0.1:{port}"
+    wait_for_port(port, proc)
+    try:
+        yield proc, address
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGCONT)
+            proc.terminate()
+            proc.wait(10)
+
+
+def wait_for_port(port: int, proc: subprocess.Popen, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before port {port} opened")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on {port} after {timeout}s")
+
+
+@contextmanager
+def ranker_server(
+    settings: Settings, workers: int = 1, extra_env: dict[str, str] | None = None, ready_timeout: float = 120
+) -> Iterator[str]:
+    """`bentoml serve service:DriverRanker` as a subprocess on a free port; yields its base URL."""
+    port = free_port()
+    env = (
+        os.environ | settings_env(settings) | {"WORKERS": str(workers), "PORT": str(port)} | (extra_env or {})
+    )
+    log = open(settings.feast_repo_path.parent / f"ranker-{port}.log", "w+b")  # noqa: SIM115
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bentoml", "serve", "service:DriverRanker", "--port", str(port)],
+        cwd=PROJECT_ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + ready_timeout
+        while True:
+            if proc.poll() is not None:
+                log.seek(0)
+                raise RuntimeError(f"ranker exited with {proc.returncode}:\n{log.read().decode()[-4000:]}")
+            try:
+                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                log.seek(0)
+                raise TimeoutError(f"ranker not ready in {ready_timeout}s:\n{log.read().decode()[-4000:]}")
+            time.sleep(0.25)
+        yield url
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+        log.close()
