@@ -20,7 +20,7 @@ DriverId = Annotated[StrictInt, Field(ge=0, le=INT64_MAX, description="A driver 
 class InferenceRequest(BaseModel):
     """The drivers who could take a trip (the course service's request shape)."""
 
-    model_config = ConfigDict(extra="ignore", json_schema_extra={"examples": [EXAMPLE_REQUEST]})
+    model_config = ConfigDict(extra="ignore", json_schema_extra={"example": EXAMPLE_REQUEST})
 
     request_id: str | None = Field(
         None, max_length=128, description="Echoed in the answer and the logs; generated when absent."

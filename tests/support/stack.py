@@ -36,8 +36,9 @@ def make_feast_repo(root: Path, spec: DataSpec, redis: str = REDIS) -> Path:
     repo.mkdir(parents=True)
     shutil.copy(PROJECT_ROOT / "feature_repo" / "driver_repo.py", repo)
     project = f"t_{uuid.uuid4().hex[:10]}"
-    yaml = (PROJECT_ROOT / "feature_repo" / "feature_store.yaml").read_text()
-    (repo / "feature_store.yaml").write_text(yaml.replace("project: driver_ranker", f"project: {project}"))
+    for name in ("feature_store.yaml", "feature_store.sqlite.yaml"):
+        yaml = (PROJECT_ROOT / "feature_repo" / name).read_text()
+        (repo / name).write_text(yaml.replace("project: driver_ranker", f"project: {project}"))
     write(spec, repo / "data")
     materialize(apply(repo_settings(repo, redis)))
     return repo

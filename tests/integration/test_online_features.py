@@ -1,0 +1,86 @@
+"""Online reads against real Redis: the direct reader returns exactly what Feast's SDK returns."""
+
+import asyncio
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from driver_ranker.data import STATS_FILE
+from driver_ranker.feature_store import DependencyUnavailable, apply, materialize, open_store, require_redis
+from driver_ranker.online_features import (
+    FeastSdkReader,
+    FeatureStoreUnavailable,
+    MissingFeatures,
+    RedisFeatureReader,
+    open_reader,
+)
+from tests.support.stack import free_port, repo_settings
+
+FEATURES = ("conv_rate", "acc_rate", "avg_daily_trips")
+SERVICE = "driver_ranker_v1"
+
+
+def test_online_store_holds_the_latest_statistics_of_every_driver(feast_settings):
+    store = open_store(feast_settings)
+    stats = pd.read_parquet(feast_settings.feast_repo_path / "data" / STATS_FILE)
+    latest = stats.sort_values("event_timestamp").groupby("driver_id").last()
+    ids = [*latest.index.tolist(), 99999]
+    online = store.get_online_features(
+        features=store.get_feature_service(SERVICE), entity_rows=[{"driver_id": i} for i in ids]
+    ).to_dict()
+    for name in FEATURES:
+        assert online[name][-1] is None  # the unknown driver
+        np.testing.assert_allclose(online[name][:-1], latest[name].to_numpy(), rtol=1e-6)
+
+
+@pytest.mark.parametrize("ids", [[1001, 1002, 99999, 1003, 0], [*range(1001, 1101), 123456]])
+def test_direct_reader_equals_feast_sdk(feast_settings, ids):
+    store = open_store(feast_settings)
+    direct = RedisFeatureReader(store, SERVICE, FEATURES, 1.0)
+    sdk = FeastSdkReader(store, SERVICE, FEATURES, 1.0)
+    a, b = asyncio.run(direct.read(ids)), asyncio.run(sdk.read(ids))
+    assert a.driver_ids == b.driver_ids and a.unknown_ids == b.unknown_ids
+    assert a.unknown_ids == [i for i in ids if i < 1001 or i > 2000]
+    np.testing.assert_array_equal(a.matrix, b.matrix)
+    assert a.matrix.shape == (len(a.driver_ids), 3)
+
+
+def test_reader_follows_the_model_feature_order(feast_settings):
+    store = open_store(feast_settings)
+    order = ("avg_daily_trips", "conv_rate", "acc_rate")
+    a = asyncio.run(RedisFeatureReader(store, SERVICE, order, 1.0).read([1001]))
+    b = asyncio.run(RedisFeatureReader(store, SERVICE, FEATURES, 1.0).read([1001]))
+    np.testing.assert_array_equal(a.matrix[0], b.matrix[0][[2, 0, 1]])
+
+
+def test_a_feature_the_service_does_not_serve_is_refused(feast_settings):
+    with pytest.raises(MissingFeatures, match="surge_factor"):
+        open_reader(open_store(feast_settings), SERVICE, (*FEATURES, "surge_factor"), 1.0)
+
+
+def test_sqlite_online_store_is_read_through_the_sdk_with_the_same_values(feast_settings):
+    settings = feast_settings.model_copy(update={"online_store": "sqlite"})
+    materialize(apply(settings))
+    reader = open_reader(open_store(settings), SERVICE, FEATURES, 1.0)
+    assert isinstance(reader, FeastSdkReader)
+    ids = [1001, 1500, 99999]
+    on_sqlite = asyncio.run(reader.read(ids))
+    on_redis = asyncio.run(RedisFeatureReader(open_store(feast_settings), SERVICE, FEATURES, 1.0).read(ids))
+    assert on_sqlite.unknown_ids == on_redis.unknown_ids == [99999]
+    np.testing.assert_array_equal(on_sqlite.matrix, on_redis.matrix)
+
+
+def test_redis_that_does_not_answer_fails_fast_with_its_address(feast_settings):
+    address = f"127.0.0.1:{free_port()}"
+    settings = repo_settings(feast_settings.feast_repo_path, redis=address)
+    store = open_store(settings)
+    reader = RedisFeatureReader(store, SERVICE, FEATURES, 0.25)
+    started = time.monotonic()
+    with pytest.raises(FeatureStoreUnavailable, match=address):
+        asyncio.run(reader.read([1001]))
+    assert time.monotonic() - started < 1.0
+    assert asyncio.run(reader.ping()) is False
+    with pytest.raises(DependencyUnavailable, match=f"{address}.*redis-server"):
+        require_redis(store)

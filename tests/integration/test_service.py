@@ -1,0 +1,121 @@
+"""The service over real HTTP: `bentoml serve` on a free port, real Redis, a real MLflow registry."""
+
+import re
+
+import mlflow
+import pandas as pd
+import pytest
+
+from driver_ranker.feature_store import FEATURE_SERVICE, open_store
+from driver_ranker.schemas import EXAMPLE_REQUEST
+
+FEATURES = ["conv_rate", "acc_rate", "avg_daily_trips"]
+
+
+def independent_scores(settings, version: str, ids: list[int]) -> dict[int, float]:
+    """Feast's SDK plus the model as MLflow loads it: what the answer must equal."""
+    store = open_store(settings)
+    online = store.get_online_features(
+        features=store.get_feature_service(FEATURE_SERVICE), entity_rows=[{"driver_id": i} for i in ids]
+    ).to_dict()
+    frame = pd.DataFrame(online).dropna()
+    mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
+    model = mlflow.sklearn.load_model(f"models:/{settings.model_name}/{version}")
+    proba = model.predict_proba(frame[FEATURES].to_numpy())[:, 1]
+    return dict(zip(frame.driver_id.tolist(), proba.tolist(), strict=True))
+
+
+def test_example_request_ranks_like_an_independent_computation(client, feast_settings, champion):
+    response = client.post("/inference", json=EXAMPLE_REQUEST)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    expected = independent_scores(feast_settings, champion.version, EXAMPLE_REQUEST["driver_ids"])
+    assert body["request_id"] == EXAMPLE_REQUEST["request_id"]
+    assert body["model"] == {"name": "driver-ranker", "version": champion.version, "alias": "champion"}
+    assert {s["driver_id"]: s["score"] for s in body["scores"]} == pytest.approx(expected, rel=1e-9)
+    assert [s["score"] for s in body["scores"]] == sorted(expected.values(), reverse=True)
+    assert body["best_driver_id"] == max(expected, key=expected.get)
+    assert body["unknown_driver_ids"] == []
+
+
+def test_unknown_and_duplicate_ids(client):
+    body = client.post("/inference", json={"driver_ids": [1003, 99999, 1003, 1001, 99999, 5]}).json()
+    assert body["unknown_driver_ids"] == [99999, 5]
+    assert sorted(s["driver_id"] for s in body["scores"]) == [1001, 1003]
+    assert body["request_id"]  # generated when absent
+
+
+def test_no_known_driver_gives_null_best(client):
+    response = client.post("/inference", json={"request_id": "r", "driver_ids": [1, 2]})
+    assert response.status_code == 200
+    assert response.json() | {"model": None} == {
+        "request_id": "r",
+        "best_driver_id": None,
+        "scores": [],
+        "unknown_driver_ids": [1, 2],
+        "model": None,
+    }
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b"not json", "not valid JSON"),
+        (b'{"request_id": "x"}', "driver_ids: Field required"),
+        (b'{"driver_ids": []}', "driver_ids: List should have at least 1 item"),
+        (b'{"driver_ids": [1001, "1002"]}', "driver_ids[1]: Input should be a valid integer"),
+        (b'{"driver_ids": [1.5]}', "driver_ids[0]: Input should be a valid integer"),
+        (b'{"driver_ids": [true]}', "driver_ids[0]: Input should be a valid integer"),
+        (b'{"driver_ids": [-1]}', "driver_ids[0]: Input should be greater than or equal to 0"),
+        (b'{"driver_ids": [99999999999999999999]}', "driver_ids[0]: Input should be less than or equal"),
+        (b'{"driver_ids": 1001}', "driver_ids: Input should be a valid array"),
+        (b"[1001]", "send a JSON object with driver_ids"),
+        (b"", "driver_ids: Field required"),
+        (("{" + '"driver_ids": [' + ",".join(["1001"] * 1001) + "]}").encode(), "at most 1000 items"),
+    ],
+)
+def test_bad_bodies_get_400_with_a_message(client, body, message):
+    response = client.post("/inference", content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 400, response.text
+    assert message in response.json()["error"]
+
+
+def test_model_endpoint_describes_the_served_version(client, champion):
+    info = client.get("/model").json()
+    assert info["version"] == champion.version and info["alias"] == "champion"
+    assert info["feature_names"] == FEATURES and info["feature_service"] == FEATURE_SERVICE
+    assert info["run_id"] and info["loaded_at"]
+    assert (info["online_store"], info["feature_reader"]) == ("Redis", "redis-direct")
+
+
+def test_probes_and_metrics(client, champion):
+    assert client.get("/livez").status_code == 200
+    assert client.get("/readyz").status_code == 200
+    client.post("/inference", json={"driver_ids": [1001, 424242]})
+    metrics = client.get("/metrics").text
+    for name in (
+        'driver_ranker_requests_total{outcome="ok"}',
+        "driver_ranker_unknown_drivers_total",
+        "driver_ranker_best_score_bucket",
+        "driver_ranker_feature_read_seconds_bucket",
+        "bentoml_service_request_total",
+    ):
+        assert name in metrics, name
+    # One gauge per worker process: the version each worker serves.
+    served = re.findall(
+        r'driver_ranker_model_version\{alias="champion",name="driver-ranker",pid="\d+",version="(\w+)"\} 1.0',
+        metrics,
+    )
+    assert served and set(served) == {champion.version}
+
+
+def test_swagger_document_carries_a_working_example(client):
+    spec = client.get("/docs.json").json()
+    operation = spec["paths"]["/inference"]["post"]
+    schema = operation["requestBody"]["content"]["application/json"]["schema"]
+    if "$ref" in schema:
+        schema = spec["components"]["schemas"][schema["$ref"].rsplit("/", 1)[-1]]
+    example = schema["example"]
+    assert example == EXAMPLE_REQUEST
+    assert client.post("/inference", json=example).status_code == 200
+    assert client.get("/").status_code == 200
