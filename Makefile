@@ -31,6 +31,13 @@ train: $(VENV)/.installed ## train, register a version, promote it to champion i
 serve: $(VENV)/.installed ## everything from a fresh clone (Redis, data, features, champion), then serve on PORT
 	$(BIN)/python -m driver_ranker.bootstrap serve
 
+bento: $(VENV)/.installed ## bentoml build: import the champion into BentoML's model store, build the Bento
+	$(BIN)/python -m driver_ranker.packaging
+
+containerize: bento ## bentoml containerize the Bento into the image driver-ranker:latest (needs Docker)
+	@docker info >/dev/null 2>&1 || { echo "error: make containerize needs a running Docker engine and 'docker info' fails here. The Bento is built (bentoml list); run this on a machine with Docker, or 'bentoml export driver-ranker:latest' and containerize it there."; exit 1; }
+	$(BIN)/bentoml containerize driver-ranker:latest -t driver-ranker:latest
+
 test: $(VENV)/.installed ## the whole test suite against real Redis and MLflow
 	$(BIN)/python -m pytest
 
@@ -46,4 +53,4 @@ clean: ## remove generated data, registries and reports (keeps .venv)
 	rm -rf feature_repo/data artifacts/* .pytest_cache
 	touch artifacts/.gitkeep
 
-.PHONY: help install data features train serve test lint format clean
+.PHONY: help install data features train serve bento containerize test lint format clean
