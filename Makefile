@@ -31,6 +31,9 @@ train: $(VENV)/.installed ## train, register a version, promote it to champion i
 serve: $(VENV)/.installed ## everything from a fresh clone (Redis, data, features, champion), then serve on PORT
 	$(BIN)/python -m driver_ranker.bootstrap serve
 
+stack: $(VENV)/.installed ## the compose topology as processes: Redis, mlflow server (PostgreSQL if up), init, ranker
+	$(BIN)/python -m driver_ranker.stack
+
 bento: $(VENV)/.installed ## bentoml build: import the champion into BentoML's model store, build the Bento
 	$(BIN)/python -m driver_ranker.packaging
 
@@ -53,4 +56,4 @@ clean: ## remove generated data, registries and reports (keeps .venv)
 	rm -rf feature_repo/data artifacts/* .pytest_cache
 	touch artifacts/.gitkeep
 
-.PHONY: help install data features train serve bento containerize test lint format clean
+.PHONY: help install data features train serve stack bento containerize test lint format clean

@@ -37,12 +37,21 @@ def redis_answers(settings: Settings) -> bool:
 
 
 def ensure_redis(settings: Settings) -> bool:
-    """True when Redis answers, starting a local `redis-server` if one is installed and none runs."""
+    """True when Redis answers, starting a local `redis-server` if one is installed and none runs.
+
+    False only for a local address with no Redis to start; a remote one that does not answer is an
+    error (a deployment's Redis being down is no reason to serve from SQLite).
+    """
     if redis_answers(settings):
         return True
-    host, _, port = redis_address(settings.redis_connection_string).partition(":")
+    address = redis_address(settings.redis_connection_string)
+    host, _, port = address.partition(":")
+    if host not in ("127.0.0.1", "localhost"):
+        raise DependencyUnavailable(
+            f"Redis does not answer at {address}: start it or fix REDIS_CONNECTION_STRING"
+        )
     server = shutil.which("redis-server")
-    if host not in ("127.0.0.1", "localhost") or server is None:
+    if server is None:
         return False
     logger.info("starting redis-server on %s:%s", host, port)
     subprocess.run(

@@ -31,7 +31,9 @@ def import_champion(settings: Settings) -> bentoml.Model:
     client = connect(settings)
     version = version_for_alias(client, settings.model_name, settings.model_alias)
     if version is None:
-        raise ModelUnavailable(f"{settings.model_name}@{settings.model_alias} does not exist: run `make train`")
+        raise ModelUnavailable(
+            f"{settings.model_name}@{settings.model_alias} does not exist: run `make train`"
+        )
     tag = f"{settings.model_name}:v{version.version}-{version.run_id[:8]}"
     try:
         return bentoml.models.get(tag)

@@ -69,4 +69,5 @@ def test_bento_requirements_can_load_the_model(built_bento):
     for package in ("mlflow==3.17.2", "skops==", "scikit-learn==1.9.1", "feast==0.67.0", "redis=="):
         assert package in requirements, package
     assert (bento_dir / "src" / "feature_repo" / "feature_store.yaml").exists()
-    assert not (bento_dir / "src" / "feature_repo" / "data").exists()
+    data = bento_dir / "src" / "feature_repo" / "data"
+    assert [p.name for p in data.iterdir()] == [".gitkeep"]  # the mount point, no data

@@ -19,6 +19,7 @@ import httpx
 from driver_ranker.config import PROJECT_ROOT, Settings
 from driver_ranker.data import DataSpec, write
 from driver_ranker.feature_store import apply, materialize
+from driver_ranker.stack import stop_process_group
 
 REDIS = "127.0.0.1:6379"
 
@@ -139,9 +140,5 @@ def ranker_server(
             time.sleep(0.25)
         yield url
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+        stop_process_group(proc, grace_s=20)
         log.close()
