@@ -41,6 +41,10 @@ containerize: bento ## bentoml containerize the Bento into the image driver-rank
 	@docker info >/dev/null 2>&1 || { echo "error: make containerize needs a running Docker engine and 'docker info' fails here. The Bento is built (bentoml list); run this on a machine with Docker, or 'bentoml export driver-ranker:latest' and containerize it there."; exit 1; }
 	$(BIN)/bentoml containerize driver-ranker:latest -t driver-ranker:latest
 
+bench: $(VENV)/.installed ## benchmark vs the course design and BentoML's ceiling; writes artifacts/bench/
+	@command -v wrk >/dev/null || { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && apt-get install -y -qq wrk >/dev/null 2>&1; } || echo "wrk not installed: using the asyncio client"
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
+
 test: $(VENV)/.installed ## the whole test suite against real Redis and MLflow
 	$(BIN)/python -m pytest
 
@@ -56,4 +60,4 @@ clean: ## remove generated data, registries and reports (keeps .venv)
 	rm -rf feature_repo/data artifacts/* .pytest_cache
 	touch artifacts/.gitkeep
 
-.PHONY: help install data features train serve stack bento containerize test lint format clean
+.PHONY: help install data features train serve stack bento containerize bench test lint format clean

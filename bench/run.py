@@ -1,0 +1,284 @@
+"""`make bench`: driver-ranker side by side with the course design and BentoML's ceiling.
+
+The three services run at once on the same Redis, registry and number of workers; each load
+(1, 5, 100 drivers; concurrency 1 and 16) is sent to each service in turn, from a separate process
+(wrk, or an asyncio client where wrk is missing), over several rounds. Medians over the rounds are
+reported, with the ratios. Also timed in-process: the feature read (direct vs Feast's SDK, checked
+equal), the server-side time of one request, and the cold start to /readyz.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+from driver_ranker.bootstrap import prepare
+from driver_ranker.config import PROJECT_ROOT, get_settings
+from driver_ranker.data import FIRST_DRIVER_ID
+from driver_ranker.feature_store import open_store
+from driver_ranker.online_features import FeastSdkReader, RedisFeatureReader
+from driver_ranker.ranker import Ranker
+from driver_ranker.schemas import InferenceRequest
+from driver_ranker.stack import stop_process_group
+
+OUT = PROJECT_ROOT / "artifacts" / "bench"
+SERVICES = {
+    "driver-ranker": "service:DriverRanker",
+    "course": "bench.course_service:CourseRanker",
+    "ceiling": "bench.ceiling_service:Ceiling",
+}
+SIZES = (1, 5, 100)
+CONCURRENCY = (1, 16)
+
+
+def body(size: int) -> dict:
+    return {"request_id": "bench", "driver_ids": list(range(FIRST_DRIVER_ID, FIRST_DRIVER_ID + size))}
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start(target: str, env: dict[str, str]) -> tuple[subprocess.Popen, str, float]:
+    """Starts `bentoml serve target`; returns the process, its URL and seconds to /readyz."""
+    port = free_port()
+    started = time.monotonic()
+    log = open(OUT / f"{target.split(':')[1]}.log", "wb")  # noqa: SIM115
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bentoml", "serve", target, "--port", str(port)],
+        cwd=PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{target} exited; see {log.name}")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                return proc, url, time.monotonic() - started
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.05)
+
+
+def _ms(value: str) -> float:
+    number, unit = re.fullmatch(r"([\d.]+)(us|ms|s)", value).groups()
+    return float(number) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[unit]
+
+
+def load_wrk(url: str, size: int, concurrency: int, seconds: float) -> dict:
+    script = OUT / f"post-{size}.lua"
+    script.write_text(
+        'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
+        f"wrk.body = '{json.dumps(body(size))}'\n"
+    )
+    threads = min(2, concurrency)
+    command = ["wrk", f"-t{threads}", f"-c{concurrency}", f"-d{seconds}s", "--latency", "-s", str(script)]
+    out = subprocess.run([*command, f"{url}/inference"], capture_output=True, text=True, check=True).stdout
+    latency = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", out, re.M))
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return {
+        "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
+        "p50_ms": _ms(latency["50"]),
+        "p99_ms": _ms(latency["99"]),
+        "errors": int(errors.group(1)) if errors else 0,
+    }
+
+
+def load_asyncio(url: str, size: int, concurrency: int, seconds: float) -> dict:
+    """Closed-loop load from `concurrency` connections, for where wrk is not installed."""
+
+    async def run() -> tuple[list[float], int]:
+        latencies: list[float] = []
+        errors = 0
+        deadline = time.monotonic() + seconds
+        limits = httpx.Limits(max_connections=concurrency)
+        async with httpx.AsyncClient(base_url=url, limits=limits, timeout=10) as client:
+
+            async def worker() -> None:
+                nonlocal errors
+                while time.monotonic() < deadline:
+                    t = time.perf_counter()
+                    response = await client.post("/inference", json=body(size))
+                    latencies.append((time.perf_counter() - t) * 1e3)
+                    errors += response.status_code != 200
+
+            await asyncio.gather(*(worker() for _ in range(concurrency)))
+        return latencies, errors
+
+    latencies, errors = asyncio.run(run())
+    return {
+        "rps": len(latencies) / seconds,
+        "p50_ms": float(np.percentile(latencies, 50)),
+        "p99_ms": float(np.percentile(latencies, 99)),
+        "errors": errors,
+    }
+
+
+def in_process_timings(repeats: int) -> dict:
+    """Feature read (direct vs SDK, checked equal) and server-side time of one request, in ms."""
+    settings = get_settings()
+    ranker = Ranker.start(settings)
+    store = open_store(settings)
+    names, service = ranker.model.feature_names, ranker.model.feature_service
+    readers = {
+        "direct": RedisFeatureReader(store, service, names, 1.0),
+        "feast_sdk": FeastSdkReader(store, service, names, 1.0),
+    }
+
+    async def median_ms(call, *args) -> float:
+        await call(*args)
+        times = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            await call(*args)
+            times.append((time.perf_counter() - t) * 1e3)
+        return statistics.median(times)
+
+    async def run() -> dict:
+        result: dict = {"feature_read_ms": {}, "server_side_ms": {}}
+        for size in (5, 100):
+            ids = [*body(size)["driver_ids"], 99999]
+            a, b = await readers["direct"].read(ids), await readers["feast_sdk"].read(ids)
+            identical = a.driver_ids == b.driver_ids and a.unknown_ids == b.unknown_ids
+            identical = identical and np.array_equal(a.matrix, b.matrix)
+            result["feature_read_ms"][size] = {
+                kind: await median_ms(reader.read, ids) for kind, reader in readers.items()
+            } | {"identical": bool(identical)}
+            request = InferenceRequest(**body(size))
+            result["server_side_ms"][size] = await median_ms(ranker.answer, request)
+        return result
+
+    return asyncio.run(run())
+
+
+def chart(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [f"{s} drv\nc={c}" for c in CONCURRENCY for s in SIZES]
+    x = np.arange(len(labels))
+    fig, ax = plt.subplots(figsize=(10, 4.5))
+    for i, name in enumerate(SERVICES):
+        rps = [results["load"][name][f"{s}x{c}"]["rps"] for c in CONCURRENCY for s in SIZES]
+        ax.bar(x + (i - 1) * 0.27, rps, 0.27, label=name)
+    ax.set_xticks(x, labels)
+    ax.set_ylabel("requests / s (median of rounds)")
+    ax.set_title(f"driver-ranker vs course design vs BentoML ceiling ({results['workers']} workers)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def table(results: dict) -> str:
+    load = results["load"]
+    lines = [
+        "| drivers | conc. | driver-ranker req/s (p50 / p99 ms) | course req/s (p50 / p99) | ceiling req/s (p50 / p99) | ranker/course | ranker/ceiling |",
+        "| ---: | ---: | --- | --- | --- | ---: | ---: |",
+    ]
+    for c in CONCURRENCY:
+        for s in SIZES:
+            key = f"{s}x{c}"
+            cells = [
+                f"{load[n][key]['rps']:.0f} ({load[n][key]['p50_ms']:.2f} / {load[n][key]['p99_ms']:.2f})"
+                for n in SERVICES
+            ]
+            ranker, course, ceiling = (load[n][key]["rps"] for n in SERVICES)
+            lines.append(
+                f"| {s} | {c} | {' | '.join(cells)} | {ranker / course:.2f} | {ranker / ceiling:.2f} |"
+            )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--repeats", type=int, default=500, help="in-process timing repeats")
+    args = parser.parse_args(argv)
+    OUT.mkdir(parents=True, exist_ok=True)
+    settings = prepare(get_settings())
+    load = load_wrk if shutil.which("wrk") else load_asyncio
+    env = os.environ | {"WORKERS": str(settings.workers), "PYTHONWARNINGS": "ignore"}
+
+    timings = in_process_timings(args.repeats)
+    procs, urls, cold = {}, {}, {}
+    try:
+        for name, target in SERVICES.items():
+            procs[name], urls[name], cold[name] = start(target, env)
+        reference = httpx.post(f"{urls['driver-ranker']}/inference", json=body(5)).json()
+        course = httpx.post(f"{urls['course']}/inference", json=body(5)).json()
+        assert reference["best_driver_id"] == course["best_driver_id"], (reference, course)
+
+        runs: dict[str, dict[str, list[dict]]] = {n: {} for n in SERVICES}
+        names = list(SERVICES)
+        for round_ in range(args.rounds):
+            for c in CONCURRENCY:
+                for s in SIZES:
+                    for name in names[round_ % 3 :] + names[: round_ % 3]:  # rotate who goes first
+                        load(urls[name], s, c, 1.0)  # warm-up
+                        runs[name].setdefault(f"{s}x{c}", []).append(load(urls[name], s, c, args.seconds))
+            print(f"round {round_ + 1}/{args.rounds} done", flush=True)
+    finally:
+        for proc in procs.values():
+            stop_process_group(proc)
+
+    results = {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}",
+        "workers": settings.workers,
+        "load_tool": load.__name__.removeprefix("load_"),
+        "rounds": args.rounds,
+        "seconds_per_run": args.seconds,
+        "cold_start_s": cold,
+        **timings,
+        "load": {
+            name: {
+                key: {m: statistics.median(r[m] for r in rs) for m in ("rps", "p50_ms", "p99_ms")}
+                | {"errors": sum(r["errors"] for r in rs)}
+                for key, rs in by_key.items()
+            }
+            for name, by_key in runs.items()
+        },
+        "runs": runs,
+    }
+    (OUT / "results.json").write_text(json.dumps(results, indent=2))
+    chart(results, OUT / "throughput.png")
+    markdown = table(results)
+    (OUT / "table.md").write_text(markdown + "\n")
+    print(
+        f"\n{results['date']} on {results['machine']}, {results['workers']} workers, {results['load_tool']}"
+    )
+    print(markdown)
+    fr = timings["feature_read_ms"]
+    for size in (5, 100):
+        print(
+            f"feature read {size} drivers: direct {fr[size]['direct']:.3f} ms, Feast SDK "
+            f"{fr[size]['feast_sdk']:.3f} ms, identical={fr[size]['identical']}; "
+            f"server-side request {timings['server_side_ms'][size]:.3f} ms"
+        )
+    print("cold start to /readyz: " + ", ".join(f"{n} {s:.1f} s" for n, s in cold.items()))
+    print(f"wrote {OUT / 'results.json'} and {OUT / 'throughput.png'}")
+
+
+if __name__ == "__main__":
+    main()
