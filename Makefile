@@ -28,6 +28,17 @@ features: $(VENV)/.installed ## feast apply and materialize into the online stor
 train: $(VENV)/.installed ## train, register a version, promote it to champion if it passes the gate
 	$(BIN)/python -m driver_ranker.training
 
+promote: $(VENV)/.installed ## move the champion alias to VERSION=n (the old one becomes `previous`)
+	@test -n "$(VERSION)" || { echo "usage: make promote VERSION=n"; exit 2; }
+	$(BIN)/python -m driver_ranker.release promote $(VERSION)
+
+rollback: $(VENV)/.installed ## move the champion alias back to `previous`
+	$(BIN)/python -m driver_ranker.release rollback
+
+canary: $(VENV)/.installed ## set the canary alias (CANARY_ALIAS, default challenger) to VERSION=n
+	@test -n "$(VERSION)" || { echo "usage: make canary VERSION=n"; exit 2; }
+	$(BIN)/python -m driver_ranker.release canary $(VERSION)
+
 serve: $(VENV)/.installed ## everything from a fresh clone (Redis, data, features, champion), then serve on PORT
 	$(BIN)/python -m driver_ranker.bootstrap serve
 
@@ -60,4 +71,4 @@ clean: ## remove generated data, registries and reports (keeps .venv)
 	rm -rf feature_repo/data artifacts/* .pytest_cache
 	touch artifacts/.gitkeep
 
-.PHONY: help install data features train serve stack bento containerize bench test lint format clean
+.PHONY: help install data features train promote rollback canary serve stack bento containerize bench test lint format clean

@@ -5,17 +5,20 @@ The service only wires parts of the `driver_ranker` package together; see README
 
 from __future__ import annotations
 
+import asyncio
+
 import bentoml
-from fastapi import FastAPI
+from fastapi import FastAPI, Header
 from starlette.responses import JSONResponse
 
 from driver_ranker import metrics
+from driver_ranker.admin import AdminDenied, authorize
 from driver_ranker.config import get_settings
 from driver_ranker.http_errors import ValidationErrorMiddleware
 from driver_ranker.logs import configure_logging
 from driver_ranker.online_features import FeatureStoreUnavailable
 from driver_ranker.ranker import Ranker
-from driver_ranker.schemas import InferenceRequest, InferenceResponse, ModelInfo
+from driver_ranker.schemas import InferenceRequest, InferenceResponse
 
 settings = get_settings()
 routes = FastAPI(title="driver-ranker extras")
@@ -33,22 +36,37 @@ class DriverRanker:
         configure_logging()
         self.ranker = Ranker.start(settings)
 
+    @bentoml.on_startup
+    async def follow_the_registry(self) -> None:
+        """Each worker checks the registry's aliases in the background (lifecycle.py)."""
+        self.watcher = asyncio.create_task(self.ranker.manager.watch())
+
     @bentoml.api(route="/inference")
     async def inference(self, request: InferenceRequest, /) -> InferenceResponse:
         """Ranks the given drivers by their probability of completing the trip."""
         try:
             return await self.ranker.answer(request)
         except FeatureStoreUnavailable as exc:
-            metrics.REQUESTS.labels(outcome="unavailable").inc()
+            metrics.REQUESTS.labels(outcome="unavailable", version="").inc()
             return JSONResponse({"error": f"{exc}; retry shortly"}, status_code=503)
 
     @routes.get("/model")
-    def model(self) -> ModelInfo:
-        """The model version this worker serves, and how it reads features."""
+    def model(self) -> dict:
+        """The models this worker serves, where they came from, and the registry's state."""
         return self.ranker.info()
 
+    @routes.post("/admin/reload")
+    async def reload(self, authorization: str | None = Header(None)) -> JSONResponse:
+        """Checks the registry now (needs `Authorization: Bearer <ADMIN_TOKEN>`)."""
+        try:
+            authorize(settings, authorization)
+        except AdminDenied as exc:
+            return JSONResponse({"error": str(exc)}, status_code=exc.status)
+        outcome = await asyncio.to_thread(self.ranker.manager.check, True)
+        return JSONResponse({"worker_pid": self.ranker.info()["worker_pid"], "roles": outcome})
+
     async def __is_ready__(self) -> bool:
-        return await self.ranker.reader.ping()
+        return await self.ranker.manager.champion.reader.ping()
 
 
 DriverRanker.add_asgi_middleware(ValidationErrorMiddleware)

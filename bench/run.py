@@ -90,7 +90,15 @@ def load_wrk(url: str, size: int, concurrency: int, seconds: float) -> dict:
         f"wrk.body = '{json.dumps(body(size))}'\n"
     )
     threads = min(2, concurrency)
-    command = ["wrk", f"-t{threads}", f"-c{concurrency}", f"-d{seconds}s", "--latency", "-s", str(script)]
+    command = [
+        "wrk",
+        f"-t{threads}",
+        f"-c{concurrency}",
+        f"-d{max(1, round(seconds))}s",
+        "--latency",
+        "-s",
+        str(script),
+    ]
     out = subprocess.run([*command, f"{url}/inference"], capture_output=True, text=True, check=True).stdout
     latency = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", out, re.M))
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)

@@ -10,7 +10,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -52,6 +52,20 @@ class Settings(BaseSettings):
     model_alias: str = Field("champion", description="Alias the service serves.")
 
     max_driver_ids: int = Field(1000, ge=1, description="Most driver ids one request may carry.")
+
+    registry_check_interval_s: float = Field(
+        10.0, gt=0, description="How often each worker checks the registry for moved aliases."
+    )
+    registry_timeout_s: float = Field(5.0, gt=0, description="Bound on one call to an MLflow server.")
+    bento_model_tag: str | None = Field(
+        None,
+        description="Model in BentoML's store to start from when the registry is away "
+        "(set in the image by `make bento`; default `<model_name>:latest`).",
+    )
+    canary_alias: str = Field("challenger", description="Alias of the canary model.")
+    canary_percent: float = Field(0.0, ge=0, le=100, description="Share of requests the canary answers.")
+    shadow_alias: str | None = Field(None, description="Alias of a model scored off the response path.")
+    admin_token: SecretStr | None = Field(None, description="Bearer token of /admin/*; unset turns them off.")
 
     @field_validator("feast_repo_path", "mlflow_artifact_root")
     @classmethod

@@ -40,16 +40,21 @@ def redis_address(connection_string: str) -> str:
     return connection_string.split(",", 1)[0]
 
 
-def redis_client(connection_string: str, timeout_s: float) -> redis.Redis:
-    """A redis-py client for a Feast connection string, with bounded connect and read times."""
+def redis_kwargs(connection_string: str, timeout_s: float) -> dict:
+    """redis-py client arguments for a Feast connection string (parsed by Feast), with bounded
+    connect and read times."""
     nodes, params = RedisOnlineStore._parse_connection_string(connection_string)
-    return redis.Redis(
-        host=nodes[0]["host"],
-        port=int(nodes[0]["port"]),
-        socket_timeout=timeout_s,
-        socket_connect_timeout=timeout_s,
+    return {
+        "host": nodes[0]["host"],
+        "port": int(nodes[0]["port"]),
+        "socket_timeout": timeout_s,
+        "socket_connect_timeout": timeout_s,
         **params,
-    )
+    }
+
+
+def redis_client(connection_string: str, timeout_s: float) -> redis.Redis:
+    return redis.Redis(**redis_kwargs(connection_string, timeout_s))
 
 
 def require_redis(store: FeatureStore, timeout_s: float = 1.0) -> None:

@@ -21,12 +21,12 @@ import redis.asyncio as aioredis
 from feast import FeatureStore
 from feast.infra.key_encoding_utils import serialize_entity_key
 from feast.infra.online_stores.helpers import _mmh3
-from feast.infra.online_stores.redis import RedisOnlineStore, RedisOnlineStoreConfig, RedisType
+from feast.infra.online_stores.redis import RedisOnlineStoreConfig, RedisType
 from feast.protos.feast.types.EntityKey_pb2 import EntityKey
 from feast.protos.feast.types.Value_pb2 import Value
 from feast.types import Float32, Float64, Int32, Int64
 
-from driver_ranker.feature_store import redis_address
+from driver_ranker.feature_store import redis_address, redis_kwargs
 
 logger = logging.getLogger(__name__)
 
@@ -135,21 +135,20 @@ class RedisFeatureReader:
     kind = "redis-direct"
 
     def __init__(
-        self, store: FeatureStore, service_name: str, feature_names: Sequence[str], timeout_s: float
+        self,
+        store: FeatureStore,
+        service_name: str,
+        feature_names: Sequence[str],
+        timeout_s: float,
+        client: aioredis.Redis | None = None,
     ):
         config = store.config.online_store
         self._project = store.project.encode()
         self._key_version = store.config.entity_key_serialization_version
         self._address = redis_address(config.connection_string)
         self._timeout_s = timeout_s
-        nodes, params = RedisOnlineStore._parse_connection_string(config.connection_string)
-        self._client = aioredis.Redis(
-            host=nodes[0]["host"],
-            port=int(nodes[0]["port"]),
-            socket_timeout=timeout_s,
-            socket_connect_timeout=timeout_s,
-            **params,
-        )
+        # Readers of successive model versions share the worker's connection pool.
+        self._client = client or async_redis_client(config.connection_string, timeout_s)
         columns = service_features(store, service_name, feature_names)
         # One HMGET per driver and view; the per-view field lists and decoders are fixed at start.
         self._views: list[tuple[list[bytes], list[tuple[int, str]]]] = []
@@ -214,12 +213,23 @@ class RedisFeatureReader:
         await self._client.aclose()
 
 
+def async_redis_client(connection_string: str, timeout_s: float) -> aioredis.Redis:
+    return aioredis.Redis(**redis_kwargs(connection_string, timeout_s))
+
+
 def open_reader(
-    store: FeatureStore, service_name: str, feature_names: Sequence[str], timeout_s: float
+    store: FeatureStore,
+    service_name: str,
+    feature_names: Sequence[str],
+    timeout_s: float,
+    client: aioredis.Redis | None = None,
 ) -> OnlineFeatureReader:
-    """The direct Redis reader where it applies, Feast's SDK otherwise."""
+    """The direct Redis reader where it applies, Feast's SDK otherwise.
+
+    Raises MissingFeatures when the feature service does not serve every feature named.
+    """
     if RedisFeatureReader.supports(store, service_name, feature_names):
-        return RedisFeatureReader(store, service_name, feature_names, timeout_s)
+        return RedisFeatureReader(store, service_name, feature_names, timeout_s, client)
     logger.warning(
         "online store %s is read through Feast's SDK (slower): the direct reader knows plain Redis only",
         type(store.config.online_store).__name__,

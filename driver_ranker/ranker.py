@@ -1,75 +1,96 @@
-"""The ranking of one request, end to end: dedupe, read features, score, rank, record.
+"""The ranking of one request, end to end: pick the model, read features, score, rank, record.
 
-`Ranker.start` does all start-up work (model, feature store, reader) once per worker, so that
+`Ranker.start` does all start-up work (models, feature store, readers) once per worker, so that
 `Ranker.answer` does only request work.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import random
 import time
 import uuid
+import zlib
+from concurrent.futures import ThreadPoolExecutor
 
 from driver_ranker import metrics
 from driver_ranker.config import Settings
 from driver_ranker.feature_store import open_store
-from driver_ranker.online_features import OnlineFeatureReader, open_reader
+from driver_ranker.lifecycle import CANARY, CHAMPION, SHADOW, ModelManager, ServedModel
+from driver_ranker.online_features import FeatureRows
 from driver_ranker.ranking import rank
-from driver_ranker.registry import LoadedModel, load_alias
-from driver_ranker.schemas import DriverScore, InferenceRequest, InferenceResponse, ModelInfo, ModelRef
+from driver_ranker.schemas import DriverScore, InferenceRequest, InferenceResponse, ModelRef
 
 logger = logging.getLogger(__name__)
 request_log = logging.getLogger("driver_ranker.requests")
 
+SHADOW_BACKLOG = 8
+"""Shadow scorings in flight per worker; past it, shadow work is skipped rather than queued."""
+
+
+def canary_bucket(request_id: str | None) -> float:
+    """A request's place in [0, 100): fixed by its id (a retry lands on the same model), else random."""
+    if request_id is None:
+        return random.uniform(0, 100)
+    return zlib.crc32(request_id.encode()) % 10_000 / 100
+
 
 class Ranker:
-    def __init__(self, model: LoadedModel, reader: OnlineFeatureReader, online_store: str):
-        self.model = model
-        self.reader = reader
+    def __init__(self, settings: Settings, manager: ModelManager, online_store: str):
+        self.settings = settings
+        self.manager = manager
         self.online_store = online_store
-        self._model_ref = ModelRef(name=model.name, version=model.version, alias=model.alias)
-        metrics.MODEL_VERSION.labels(name=model.name, version=model.version, alias=model.alias).set(1)
+        self._shadow_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shadow")
+        self._shadow_tasks: set[asyncio.Task] = set()
 
     @classmethod
     def start(cls, settings: Settings) -> Ranker:
-        """Loads the champion and opens the online store; raises when either is unavailable."""
-        model = load_alias(settings)
+        """Loads the models and opens the online store; raises ModelUnavailable when no model can serve."""
         store = open_store(settings)
-        reader = open_reader(
-            store, model.feature_service, model.feature_names, settings.feature_read_timeout_s
-        )
+        manager = ModelManager(settings, store)
+        manager.start()
         online_store = type(store.config.online_store).__name__.removesuffix("OnlineStoreConfig")
+        champion = manager.champion
         logger.info(
-            "serving %s v%s (@%s) with features %s from %s via %s",
-            model.name,
-            model.version,
-            model.alias,
-            list(model.feature_names),
-            online_store,
-            reader.kind,
-        )
-        return cls(model, reader, online_store)
+            "serving %s v%s (@%s, from %s) with features %s from %s via %s",
+            champion.model.name, champion.model.version, champion.model.alias, champion.model.source,
+            list(champion.model.feature_names), online_store, champion.reader.kind,
+        )  # fmt: skip
+        return cls(settings, manager, online_store)
+
+    def pick(self, request_id: str | None) -> ServedModel:
+        served = self.manager.served
+        canary = served.get(CANARY)
+        if canary is not None and canary_bucket(request_id) < self.settings.canary_percent:
+            return canary
+        return served[CHAMPION]
 
     async def answer(self, request: InferenceRequest) -> InferenceResponse:
         """Raises FeatureStoreUnavailable when the online store does not answer in time."""
         started = time.perf_counter()
+        served = self.pick(request.request_id)  # this request keeps this model, whatever swaps meanwhile
         request_id = request.request_id or uuid.uuid4().hex
         driver_ids = list(dict.fromkeys(request.driver_ids))
-        rows = await self.reader.read(driver_ids)
+        rows = await served.reader.read(driver_ids)
         metrics.FEATURE_READ_SECONDS.observe(time.perf_counter() - started)
-        ranking = rank(self.model, rows)
+        ranking = rank(served.model, rows)
         best = ranking[0][0] if ranking else None
+        version = served.model.version
         if ranking:
-            metrics.BEST_SCORE.observe(ranking[0][1])
+            metrics.BEST_SCORE.labels(version=version).observe(ranking[0][1])
         if rows.unknown_ids:
             metrics.UNKNOWN_DRIVERS.inc(len(rows.unknown_ids))
-        metrics.REQUESTS.labels(outcome="ok").inc()
+        metrics.REQUESTS.labels(outcome="ok", version=version).inc()
+        shadow = self.manager.served.get(SHADOW)
+        if shadow is not None and ranking:
+            self._start_shadow(shadow, served, driver_ids, rows, ranking, request_id)
         request_log.info(
             json.dumps(
                 {
                     "request_id": request_id,
-                    "model_version": self.model.version,
+                    "model_version": version,
                     "best_driver_id": best,
                     "drivers": len(driver_ids),
                     "unknown": len(rows.unknown_ids),
@@ -77,24 +98,80 @@ class Ranker:
                 }
             )
         )
+        m = served.model
         return InferenceResponse(
             request_id=request_id,
             best_driver_id=best,
             scores=[DriverScore(driver_id=d, score=s) for d, s in ranking],
             unknown_driver_ids=rows.unknown_ids,
-            model=self._model_ref,
+            model=ModelRef(name=m.name, version=m.version, alias=m.alias),
         )
 
-    def info(self) -> ModelInfo:
-        m = self.model
-        return ModelInfo(
-            name=m.name,
-            version=m.version,
-            alias=m.alias,
-            run_id=m.run_id,
-            feature_names=list(m.feature_names),
-            feature_service=m.feature_service,
-            loaded_at=m.loaded_at,
-            online_store=self.online_store,
-            feature_reader=self.reader.kind,
+    def _start_shadow(self, shadow, served, driver_ids, rows, ranking, request_id) -> None:
+        if len(self._shadow_tasks) >= SHADOW_BACKLOG:
+            metrics.SHADOW.labels(outcome="skipped").inc()
+            return
+        task = asyncio.create_task(self._shadow(shadow, served, driver_ids, rows, dict(ranking), request_id))
+        self._shadow_tasks.add(task)
+        task.add_done_callback(self._shadow_tasks.discard)
+
+    async def _shadow(
+        self,
+        shadow: ServedModel,
+        served: ServedModel,
+        driver_ids: list[int],
+        rows: FeatureRows,
+        scores: dict[int, float],
+        request_id: str,
+    ) -> None:
+        """Scores the request with the shadow model after the answer; never raises, never blocks it."""
+        try:
+            same_features = shadow.model.feature_names == served.model.feature_names
+            shadow_rows = rows if same_features else await shadow.reader.read(driver_ids)
+            loop = asyncio.get_running_loop()
+            ranking = await loop.run_in_executor(self._shadow_pool, rank, shadow.model, shadow_rows)
+        except Exception as exc:  # a shadow must never affect serving: count it, log it, drop it
+            metrics.SHADOW.labels(outcome="failed").inc()
+            logger.warning("shadow v%s failed on %s: %r", shadow.model.version, request_id, exc)
+            return
+        best = next(iter(scores))
+        shadow_best = ranking[0][0] if ranking else None
+        diff = max((abs(scores[d] - s) for d, s in ranking if d in scores), default=0.0)
+        metrics.SHADOW.labels(outcome="same_best" if shadow_best == best else "other_best").inc()
+        metrics.SHADOW_SCORE_DIFF.observe(diff)
+        logger.info(
+            json.dumps(
+                {
+                    "shadow_of": request_id,
+                    "served_version": served.model.version,
+                    "shadow_version": shadow.model.version,
+                    "same_best": shadow_best == best,
+                    "max_score_diff": round(diff, 6),
+                }
+            )
         )
+
+    def info(self) -> dict:
+        """GET /model: the champion's fields at the top, the other roles, refusals, registry state."""
+        import os
+
+        def describe(served: ServedModel) -> dict:
+            m = served.model
+            return {
+                "name": m.name, "version": m.version, "alias": m.alias, "run_id": m.run_id,
+                "feature_names": list(m.feature_names), "feature_service": m.feature_service,
+                "loaded_at": m.loaded_at.isoformat(), "source": m.source, "feature_reader": served.reader.kind,
+            }  # fmt: skip
+
+        manager = self.manager
+        return describe(manager.champion) | {
+            "online_store": self.online_store,
+            "worker_pid": os.getpid(),
+            "canary": describe(manager.served[CANARY]) | {"percent": self.settings.canary_percent}
+            if CANARY in manager.served
+            else None,
+            "shadow": describe(manager.served[SHADOW]) if SHADOW in manager.served else None,
+            "refused": manager.refused,
+            "registry_checked_at": manager.checked_at.isoformat() if manager.checked_at else None,
+            "registry_error": manager.registry_error,
+        }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -38,6 +39,8 @@ class LoadedModel:
     estimator: Any = field(repr=False)
     """The native scikit-learn estimator (`predict_proba`)."""
     loaded_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    source: str = "registry"
+    """`registry`, or `bento-store` when started from the model the Bento carries."""
 
     @property
     def uri(self) -> str:
@@ -46,9 +49,31 @@ class LoadedModel:
 
 def connect(settings: Settings) -> MlflowClient:
     """A client for the configured tracking server and registry (also the default for `mlflow.*`)."""
+    # MLflow reads its HTTP bounds from the environment; by default it retries for minutes.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(max(1, round(settings.registry_timeout_s))))
     mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
     mlflow.set_registry_uri(settings.mlflow_tracking_uri)
     return MlflowClient(settings.mlflow_tracking_uri, settings.mlflow_tracking_uri)
+
+
+def load_from_bento_store(tag: str, alias: str) -> LoadedModel:
+    """The model a Bento carries (packaging.py imported it from the registry at build time)."""
+    import bentoml
+
+    stored = bentoml.models.get(tag)
+    path = stored.path_of("mlflow_model")
+    signature = mlflow.models.Model.load(path).signature
+    return LoadedModel(
+        name=stored.tag.name,
+        version=stored.info.labels.get("mlflow_version", str(stored.tag.version)),
+        alias=alias,
+        run_id=stored.info.metadata.get("run_id", ""),
+        feature_names=tuple(signature.inputs.input_names()),
+        feature_service=stored.info.metadata[FEATURE_SERVICE_TAG],
+        estimator=mlflow.sklearn.load_model(path),
+        source="bento-store",
+    )
 
 
 def version_for_alias(client: MlflowClient, name: str, alias: str) -> ModelVersion | None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
@@ -49,20 +48,6 @@ class InferenceResponse(BaseModel):
     scores: list[DriverScore] = Field(description="Known drivers, best first.")
     unknown_driver_ids: list[int] = Field(description="Drivers with no features online; not scored.")
     model: ModelRef
-
-
-class ModelInfo(BaseModel):
-    """GET /model: what this worker serves."""
-
-    name: str
-    version: str
-    alias: str
-    run_id: str
-    feature_names: list[str]
-    feature_service: str
-    loaded_at: datetime
-    online_store: str
-    feature_reader: str
 
 
 class ErrorResponse(BaseModel):

@@ -86,6 +86,9 @@ def test_model_endpoint_describes_the_served_version(client, champion):
     assert info["feature_names"] == FEATURES and info["feature_service"] == FEATURE_SERVICE
     assert info["run_id"] and info["loaded_at"]
     assert (info["online_store"], info["feature_reader"]) == ("Redis", "redis-direct")
+    assert info["source"] == "registry" and info["worker_pid"] > 0
+    assert info["canary"] is None and info["shadow"] is None and info["refused"] == {}
+    assert info["registry_checked_at"] and info["registry_error"] is None
 
 
 def test_probes_and_metrics(client, champion):
@@ -94,7 +97,7 @@ def test_probes_and_metrics(client, champion):
     client.post("/inference", json={"driver_ids": [1001, 424242]})
     metrics = client.get("/metrics").text
     for name in (
-        'driver_ranker_requests_total{outcome="ok"}',
+        f'driver_ranker_requests_total{{outcome="ok",version="{champion.version}"}}',
         "driver_ranker_unknown_drivers_total",
         "driver_ranker_best_score_bucket",
         "driver_ranker_feature_read_seconds_bucket",
@@ -103,7 +106,7 @@ def test_probes_and_metrics(client, champion):
         assert name in metrics, name
     # One gauge per worker process: the version each worker serves.
     served = re.findall(
-        r'driver_ranker_model_version\{alias="champion",name="driver-ranker",pid="\d+",version="(\w+)"\} 1.0',
+        r'driver_ranker_model_version\{alias="champion",name="driver-ranker",pid="\d+",role="champion",version="(\w+)"\} 1.0',
         metrics,
     )
     assert served and set(served) == {champion.version}
