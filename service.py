@@ -14,10 +14,9 @@ from starlette.responses import JSONResponse
 from driver_ranker import metrics
 from driver_ranker.admin import AdminDenied, authorize
 from driver_ranker.config import get_settings
+from driver_ranker.errors import FeatureStoreUnavailable
 from driver_ranker.http_errors import ValidationErrorMiddleware
 from driver_ranker.logs import configure_logging
-from driver_ranker.online_features import FeatureStoreUnavailable
-from driver_ranker.ranker import Ranker
 from driver_ranker.schemas import InferenceRequest, InferenceResponse
 
 settings = get_settings()
@@ -33,6 +32,10 @@ routes = FastAPI(title="driver-ranker extras")
 @bentoml.asgi_app(routes, path="/")
 class DriverRanker:
     def __init__(self) -> None:
+        # Imported here, not at the top: `bentoml serve` imports this file in its main process
+        # too, which needs only the definitions above (Feast alone takes seconds to import).
+        from driver_ranker.ranker import Ranker
+
         configure_logging()
         self.ranker = Ranker.start(settings)
 

@@ -16,8 +16,8 @@ import time
 
 from driver_ranker.config import PROJECT_ROOT, Settings, get_settings
 from driver_ranker.data import STATS_FILE, DataSpec, write
+from driver_ranker.errors import DependencyUnavailable
 from driver_ranker.feature_store import (
-    DependencyUnavailable,
     apply,
     materialize,
     redis_address,

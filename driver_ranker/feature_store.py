@@ -19,15 +19,12 @@ from feast.repo_operations import apply_total, cli_check_repo
 
 from driver_ranker.config import Settings, get_settings
 from driver_ranker.data import FIRST_DRIVER_ID, STATS_FILE
+from driver_ranker.errors import DependencyUnavailable
 
 logger = logging.getLogger(__name__)
 
 FEATURE_SERVICE = "driver_ranker_v1"
 """The feature service the model is trained on; each model version records the one it used."""
-
-
-class DependencyUnavailable(RuntimeError):
-    """A service the job needs (Redis, the registry) does not answer; the message says what to do."""
 
 
 def open_store(settings: Settings) -> FeatureStore:

@@ -22,15 +22,15 @@ from mlflow.exceptions import MlflowException
 
 from driver_ranker import metrics
 from driver_ranker.config import Settings
+from driver_ranker.errors import MissingFeatures, ModelUnavailable
 from driver_ranker.online_features import (
-    MissingFeatures,
     OnlineFeatureReader,
     async_redis_client,
     open_reader,
 )
+from driver_ranker.ranking import Scorer, compile_scorer
 from driver_ranker.registry import (
     LoadedModel,
-    ModelUnavailable,
     connect,
     load_from_bento_store,
     load_version,
@@ -46,10 +46,12 @@ REGISTRY_ERRORS = (MlflowException, OSError, ConnectionError, TimeoutError)
 
 @dataclass(frozen=True)
 class ServedModel:
-    """A loaded version and the reader of the features it needs: swapped as one."""
+    """A loaded version, its scorer and the reader of the features it needs: swapped as one."""
 
     model: LoadedModel
     reader: OnlineFeatureReader
+    score: Scorer
+    scorer_kind: str
 
 
 class ModelManager:
@@ -155,7 +157,8 @@ class ModelManager:
             self.settings.feature_read_timeout_s,
             self._redis,
         )
-        return ServedModel(model, reader)
+        score, kind = compile_scorer(model.estimator, len(model.feature_names))
+        return ServedModel(model, reader, score, kind)
 
     def _swap(self, role: str, served: ServedModel) -> None:
         old = self.served.get(role)

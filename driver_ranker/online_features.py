@@ -1,6 +1,6 @@
 """Online feature reads for the request path.
 
-`RedisFeatureReader` reads Feast's Redis layout directly (one HMGET per driver, in one pipeline,
+`RedisFeatureReader` reads Feast's Redis layout directly (every driver's HMGET in one Lua call,
 keys and fields built by Feast's own encoders) and skips the SDK's protobuf-to-Python response,
 which is most of the time of a large read. `FeastSdkReader` asks Feast's SDK and serves any other
 online store. `open_reader` picks one; a test proves both return the same values.
@@ -26,6 +26,7 @@ from feast.protos.feast.types.EntityKey_pb2 import EntityKey
 from feast.protos.feast.types.Value_pb2 import Value
 from feast.types import Float32, Float64, Int32, Int64
 
+from driver_ranker.errors import FeatureStoreUnavailable, MissingFeatures
 from driver_ranker.feature_store import redis_address, redis_kwargs
 
 logger = logging.getLogger(__name__)
@@ -36,12 +37,13 @@ JOIN_KEY = "driver_id"
 _VALUE_FIELDS = {Float32: "float_val", Float64: "double_val", Int32: "int32_val", Int64: "int64_val"}
 
 
-class FeatureStoreUnavailable(RuntimeError):
-    """The online store did not answer within the timeout."""
-
-
-class MissingFeatures(LookupError):
-    """The feature service does not serve a feature the model needs."""
+# HMGET of the same fields on every key, run inside Redis: one command and one reply for a whole
+# request instead of a pipeline of one command per driver (whose client-side cost dominated).
+HMGET_ALL = """
+local replies = {}
+for i, key in ipairs(KEYS) do replies[i] = redis.call('HMGET', key, unpack(ARGV)) end
+return replies
+"""
 
 
 @dataclass(frozen=True)
@@ -161,6 +163,7 @@ class RedisFeatureReader:
             self._views.append((fields, decoders))
         self._n_features = len(columns)
         self.redis_key = lru_cache(maxsize=65536)(self._redis_key)
+        self._hmget_all = self._client.register_script(HMGET_ALL)
 
     @staticmethod
     def supports(store: FeatureStore, service_name: str, feature_names: Sequence[str]) -> bool:
@@ -175,31 +178,23 @@ class RedisFeatureReader:
         return serialize_entity_key(key, entity_key_serialization_version=self._key_version) + self._project
 
     async def read(self, driver_ids: Sequence[int]) -> FeatureRows:
-        pipe = self._client.pipeline(transaction=False)
-        for driver_id in driver_ids:
-            key = self.redis_key(driver_id)
-            for fields, _ in self._views:
-                pipe.hmget(key, fields)
+        keys = [self.redis_key(driver_id) for driver_id in driver_ids]
         try:
             async with asyncio.timeout(self._timeout_s):
-                replies = await pipe.execute()
+                # Per view, one script call: every driver's HMGET in one command and one reply.
+                replies = [await self._hmget_all(keys=keys, args=fields) for fields, _ in self._views]
         except (TimeoutError, redis.RedisError, OSError) as exc:
             raise FeatureStoreUnavailable(
                 f"Redis at {self._address} did not answer: {exc or 'timed out'}"
             ) from exc
-        values: list[list[float | None]] = []
-        n_views = len(self._views)
-        for i in range(len(driver_ids)):
-            row: list[float | None] = [None] * self._n_features
-            for (_, decoders), reply in zip(
-                self._views, replies[i * n_views : (i + 1) * n_views], strict=True
-            ):
+        values: list[list[float | None]] = [[None] * self._n_features for _ in driver_ids]
+        for (_, decoders), view_replies in zip(self._views, replies, strict=True):
+            for row, reply in zip(values, view_replies, strict=True):
                 for (column, attr), raw in zip(decoders, reply, strict=True):
                     if raw:
                         value = Value.FromString(raw)
                         if value.HasField(attr):
                             row[column] = getattr(value, attr)
-            values.append(row)
         return _rows(driver_ids, values)
 
     async def ping(self) -> bool:

@@ -17,7 +17,8 @@ import yaml
 from bentoml.exceptions import NotFound
 
 from driver_ranker.config import PROJECT_ROOT, Settings, get_settings
-from driver_ranker.registry import FEATURE_SERVICE_TAG, ModelUnavailable, connect, version_for_alias
+from driver_ranker.errors import ModelUnavailable
+from driver_ranker.registry import FEATURE_SERVICE_TAG, connect, version_for_alias
 
 logger = logging.getLogger(__name__)
 

@@ -75,7 +75,7 @@ class Ranker:
         driver_ids = list(dict.fromkeys(request.driver_ids))
         rows = await served.reader.read(driver_ids)
         metrics.FEATURE_READ_SECONDS.observe(time.perf_counter() - started)
-        ranking = rank(served.model, rows)
+        ranking = rank(served.score, rows)
         best = ranking[0][0] if ranking else None
         version = served.model.version
         if ranking:
@@ -129,7 +129,7 @@ class Ranker:
             same_features = shadow.model.feature_names == served.model.feature_names
             shadow_rows = rows if same_features else await shadow.reader.read(driver_ids)
             loop = asyncio.get_running_loop()
-            ranking = await loop.run_in_executor(self._shadow_pool, rank, shadow.model, shadow_rows)
+            ranking = await loop.run_in_executor(self._shadow_pool, rank, shadow.score, shadow_rows)
         except Exception as exc:  # a shadow must never affect serving: count it, log it, drop it
             metrics.SHADOW.labels(outcome="failed").inc()
             logger.warning("shadow v%s failed on %s: %r", shadow.model.version, request_id, exc)
@@ -161,6 +161,7 @@ class Ranker:
                 "name": m.name, "version": m.version, "alias": m.alias, "run_id": m.run_id,
                 "feature_names": list(m.feature_names), "feature_service": m.feature_service,
                 "loaded_at": m.loaded_at.isoformat(), "source": m.source, "feature_reader": served.reader.kind,
+                "scorer": served.scorer_kind,
             }  # fmt: skip
 
         manager = self.manager

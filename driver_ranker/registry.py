@@ -14,15 +14,12 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
 from driver_ranker.config import Settings
+from driver_ranker.errors import ModelUnavailable
 
 logger = logging.getLogger(__name__)
 
 FEATURE_SERVICE_TAG = "feast.feature_service"
 """Model version tag naming the Feast feature service the version was trained on."""
-
-
-class ModelUnavailable(RuntimeError):
-    """The registry does not answer, or names no version for the alias."""
 
 
 @dataclass(frozen=True)

@@ -8,11 +8,10 @@ import pandas as pd
 import pytest
 
 from driver_ranker.data import STATS_FILE
-from driver_ranker.feature_store import DependencyUnavailable, apply, materialize, open_store, require_redis
+from driver_ranker.errors import DependencyUnavailable, FeatureStoreUnavailable, MissingFeatures
+from driver_ranker.feature_store import apply, materialize, open_store, require_redis
 from driver_ranker.online_features import (
     FeastSdkReader,
-    FeatureStoreUnavailable,
-    MissingFeatures,
     RedisFeatureReader,
     open_reader,
 )

@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 
 from driver_ranker.feature_store import FEATURE_SERVICE, open_store
+from driver_ranker.registry import connect
 from driver_ranker.schemas import EXAMPLE_REQUEST
 
 FEATURES = ["conv_rate", "acc_rate", "avg_daily_trips"]
@@ -19,7 +20,7 @@ def independent_scores(settings, version: str, ids: list[int]) -> dict[int, floa
         features=store.get_feature_service(FEATURE_SERVICE), entity_rows=[{"driver_id": i} for i in ids]
     ).to_dict()
     frame = pd.DataFrame(online).dropna()
-    mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
+    connect(settings)  # tracking and registry URIs: another test may have pointed them elsewhere
     model = mlflow.sklearn.load_model(f"models:/{settings.model_name}/{version}")
     proba = model.predict_proba(frame[FEATURES].to_numpy())[:, 1]
     return dict(zip(frame.driver_id.tolist(), proba.tolist(), strict=True))
@@ -86,7 +87,7 @@ def test_model_endpoint_describes_the_served_version(client, champion):
     assert info["feature_names"] == FEATURES and info["feature_service"] == FEATURE_SERVICE
     assert info["run_id"] and info["loaded_at"]
     assert (info["online_store"], info["feature_reader"]) == ("Redis", "redis-direct")
-    assert info["source"] == "registry" and info["worker_pid"] > 0
+    assert info["source"] == "registry" and info["worker_pid"] > 0 and info["scorer"] == "folded-linear"
     assert info["canary"] is None and info["shadow"] is None and info["refused"] == {}
     assert info["registry_checked_at"] and info["registry_error"] is None
 
