@@ -6,6 +6,7 @@ The service only wires parts of the `driver_ranker` package together; see README
 from __future__ import annotations
 
 import asyncio
+import gc
 
 import bentoml
 from fastapi import FastAPI, Header
@@ -43,6 +44,10 @@ class DriverRanker:
     async def follow_the_registry(self) -> None:
         """Each worker checks the registry's aliases in the background (lifecycle.py)."""
         self.watcher = asyncio.create_task(self.ranker.manager.watch())
+        # Feast, MLflow and pandas leave ~400k objects behind; a full GC pass over them took
+        # ~200 ms and showed as the p99. Frozen, later passes see only what requests allocate.
+        gc.collect()
+        gc.freeze()
 
     @bentoml.api(route="/inference")
     async def inference(self, request: InferenceRequest, /) -> InferenceResponse:

@@ -30,7 +30,7 @@ from driver_ranker.bootstrap import prepare
 from driver_ranker.config import PROJECT_ROOT, get_settings
 from driver_ranker.data import FIRST_DRIVER_ID
 from driver_ranker.feature_store import open_store
-from driver_ranker.online_features import FeastSdkReader, RedisFeatureReader
+from driver_ranker.online_features import FeastSdkReader
 from driver_ranker.ranker import Ranker
 from driver_ranker.schemas import InferenceRequest
 from driver_ranker.stack import stop_process_group
@@ -145,9 +145,10 @@ def in_process_timings(repeats: int) -> dict:
     settings = get_settings()
     ranker = Ranker.start(settings)
     store = open_store(settings)
-    names, service = ranker.model.feature_names, ranker.model.feature_service
+    champion = ranker.manager.champion
+    names, service = champion.model.feature_names, champion.model.feature_service
     readers = {
-        "direct": RedisFeatureReader(store, service, names, 1.0),
+        "direct": champion.reader,  # the shipped path
         "feast_sdk": FeastSdkReader(store, service, names, 1.0),
     }
 
