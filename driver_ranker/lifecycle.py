@@ -128,6 +128,7 @@ class ModelManager:
         if version is None:
             if current is not None and role != CHAMPION:
                 del self.served[role]
+                self._set_gauge(role, current.model, 0)
                 return "alias removed: stopped"
             return "no such alias"
         number = str(version.version)
@@ -163,13 +164,18 @@ class ModelManager:
     def _swap(self, role: str, served: ServedModel) -> None:
         old = self.served.get(role)
         self.served[role] = served  # one assignment: a request reads the old or the new, whole
-        m = served.model
         if old is not None:
-            o = old.model
-            metrics.MODEL_VERSION.labels(role=role, name=o.name, version=o.version, alias=o.alias).set(0)
+            self._set_gauge(role, old.model, 0)
             metrics.MODEL_SWAPS.labels(role=role).inc()
-        metrics.MODEL_VERSION.labels(role=role, name=m.name, version=m.version, alias=m.alias).set(1)
+        self._set_gauge(role, served.model, 1)
+        m = served.model
         logger.info("%s now serves %s v%s (from %s)", role, m.name, m.version, m.source)
+
+    @staticmethod
+    def _set_gauge(role: str, model: LoadedModel, value: int) -> None:
+        metrics.MODEL_VERSION.labels(
+            role=role, name=model.name, version=model.version, alias=model.alias
+        ).set(value)
 
     async def watch(self) -> None:
         """The background loop of one worker: check the registry every interval, forever."""

@@ -97,6 +97,9 @@ def test_champion_moves_under_load_without_a_failed_request(server, registry):
     assert len(answers) > 100
     assert {status for _, status, _ in answers} == {200}, Counter(s for _, s, _ in answers)
     last_old = max(at for at, _, version in answers if version == v1)
+    print(
+        f"swap under load: {len(answers)} requests, 0 failed, last v1 answer {last_old - moved_at:.2f}s after the move"
+    )
     assert last_old - moved_at <= 2 * INTERVAL, f"v1 still answered {last_old - moved_at:.2f}s after the move"
     assert answers[-1][2] == v2
 
@@ -108,9 +111,13 @@ def test_a_version_whose_features_are_not_served_is_refused(server, registry):
     promote(client, settings, v3)
     try:
         wait_for(
-            lambda: "driver_ranker_model_refusals_total" in httpx.get(f"{server}/metrics").text,
+            lambda: all(httpx.get(f"{server}/model").json()["refused"] for _ in range(4 * WORKERS)),
             4 * INTERVAL,
-            "a refusal counted",
+            "every worker refused it",
+        )
+        assert re.search(
+            r'driver_ranker_model_refusals_total\{role="champion"\} [1-9]',
+            httpx.get(f"{server}/metrics").text,
         )
         info = httpx.get(f"{server}/model").json()
         assert info["version"] == v2
