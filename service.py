@@ -16,7 +16,7 @@ from driver_ranker import metrics
 from driver_ranker.admin import AdminDenied, authorize
 from driver_ranker.config import get_settings
 from driver_ranker.errors import FeatureStoreUnavailable
-from driver_ranker.http_errors import ValidationErrorMiddleware
+from driver_ranker.http_errors import RequestGuardMiddleware, ValidationErrorMiddleware
 from driver_ranker.logs import configure_logging
 from driver_ranker.schemas import InferenceRequest, InferenceResponse
 
@@ -27,7 +27,7 @@ routes = FastAPI(title="driver-ranker extras")
 @bentoml.service(
     name="driver-ranker",
     workers=settings.workers,
-    traffic={"timeout": 10},
+    traffic={"timeout": settings.request_timeout_s, "max_concurrency": settings.max_concurrency},
     http={"port": settings.port},
 )
 @bentoml.asgi_app(routes, path="/")
@@ -78,3 +78,6 @@ class DriverRanker:
 
 
 DriverRanker.add_asgi_middleware(ValidationErrorMiddleware)
+DriverRanker.add_asgi_middleware(
+    RequestGuardMiddleware, max_body_bytes=settings.max_body_bytes, api_key=settings.api_key
+)

@@ -1,8 +1,10 @@
-"""Who may call /admin/*: a bearer token compared in constant time; no token configured, no routes."""
+"""Who may call what: the admin bearer token and the optional API key, compared in constant time."""
 
 from __future__ import annotations
 
 import hmac
+
+from pydantic import SecretStr
 
 from driver_ranker.config import Settings
 
@@ -18,6 +20,11 @@ def authorize(settings: Settings, authorization: str | None) -> None:
     if settings.admin_token is None:
         raise AdminDenied(404, "admin routes are off: set ADMIN_TOKEN to turn them on")
     scheme, _, token = (authorization or "").partition(" ")
-    expected = settings.admin_token.get_secret_value().encode()
-    if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), expected):
+    if scheme.lower() != "bearer" or not secret_matches(settings.admin_token, token.strip()):
         raise AdminDenied(401, "send Authorization: Bearer <ADMIN_TOKEN>")
+
+
+def secret_matches(expected: SecretStr, presented: str | None) -> bool:
+    return presented is not None and hmac.compare_digest(
+        presented.encode(), expected.get_secret_value().encode()
+    )

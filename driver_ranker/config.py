@@ -52,6 +52,12 @@ class Settings(BaseSettings):
     model_alias: str = Field("champion", description="Alias the service serves.")
 
     max_driver_ids: int = Field(1000, ge=1, description="Most driver ids one request may carry.")
+    max_body_bytes: int = Field(65_536, ge=1024, description="Largest request body; past it, 413.")
+    max_concurrency: int = Field(
+        64, ge=1, description="Requests in progress per service (split over workers); past it, 429."
+    )
+    request_timeout_s: float = Field(10.0, gt=0, description="BentoML's bound on one request.")
+    api_key: SecretStr | None = Field(None, description="If set, /inference needs `X-API-Key: <API_KEY>`.")
 
     registry_check_interval_s: float = Field(
         10.0, gt=0, description="How often each worker checks the registry for moved aliases."
@@ -66,6 +72,12 @@ class Settings(BaseSettings):
     canary_percent: float = Field(0.0, ge=0, le=100, description="Share of requests the canary answers.")
     shadow_alias: str | None = Field(None, description="Alias of a model scored off the response path.")
     admin_token: SecretStr | None = Field(None, description="Bearer token of /admin/*; unset turns them off.")
+
+    @field_validator("admin_token", "api_key", "shadow_alias", "bento_model_tag", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        """`ADMIN_TOKEN=` in an env file means no token, never an empty one that anybody can send."""
+        return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("feast_repo_path", "mlflow_artifact_root")
     @classmethod

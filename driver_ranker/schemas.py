@@ -44,7 +44,10 @@ class ModelRef(BaseModel):
 
 class InferenceResponse(BaseModel):
     request_id: str
-    best_driver_id: int | None = Field(description="Highest score; null when no driver is known.")
+    best_driver_id: int | None = Field(
+        description="Highest score; null when no driver is known.",
+        json_schema_extra={"nullable": True},  # BentoML's OpenAPI 3.0 document drops `| None`
+    )
     scores: list[DriverScore] = Field(description="Known drivers, best first.")
     unknown_driver_ids: list[int] = Field(description="Drivers with no features online; not scored.")
     model: ModelRef

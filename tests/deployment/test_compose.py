@@ -13,7 +13,10 @@ from driver_ranker.stack import ALLOWED_HOSTS
 
 DEPLOYMENT = PROJECT_ROOT / "deployment"
 # Settings the containers may leave to their defaults, and why.
-NOT_IN_COMPOSE = {"mlflow_artifact_root": "only used with a local SQLite registry, not with a server"}
+NOT_IN_COMPOSE = {
+    "mlflow_artifact_root": "only used with a local SQLite registry, not with a server",
+    "bento_model_tag": "set in the image by `make bento`: the model that image carries",
+}
 LONG_RUNNING = {"redis", "postgres", "mlflow", "ranker", "prometheus"}
 
 
@@ -65,6 +68,8 @@ def test_every_setting_is_set_for_the_ranker_and_the_init_job(services, service)
     assert set(environment) <= set(env_names().values()), "compose sets a variable the code does not read"
     settings = Settings(_env_file=None, **{k.lower(): v for k, v in environment.items()})
     assert settings.online_store == "redis"
+    # Left empty in .env, the secrets and the shadow are off, not empty strings anybody can send.
+    assert settings.admin_token is None and settings.api_key is None and settings.shadow_alias is None
 
 
 def test_names_ports_and_urls_agree(services):

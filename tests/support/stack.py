@@ -104,41 +104,50 @@ def wait_for_port(port: int, proc: subprocess.Popen, timeout: float = 10) -> Non
     raise TimeoutError(f"nothing listens on {port} after {timeout}s")
 
 
-@contextmanager
-def ranker_server(
+def start_ranker(
     settings: Settings, workers: int = 1, extra_env: dict[str, str] | None = None, ready_timeout: float = 120
-) -> Iterator[str]:
-    """`bentoml serve service:DriverRanker` as a subprocess on a free port; yields its base URL."""
+) -> tuple[subprocess.Popen, str]:
+    """`bentoml serve service:DriverRanker` as a subprocess on a free port, once /readyz says 200.
+
+    Its output goes to ranker-<port>.log beside the Feast repo.
+    """
     port = free_port()
     env = (
         os.environ | settings_env(settings) | {"WORKERS": str(workers), "PORT": str(port)} | (extra_env or {})
     )
-    log = open(settings.feast_repo_path.parent / f"ranker-{port}.log", "w+b")  # noqa: SIM115
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "bentoml", "serve", "service:DriverRanker", "--port", str(port)],
-        cwd=PROJECT_ROOT,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    log_path = settings.feast_repo_path.parent / f"ranker-{port}.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "bentoml", "serve", "service:DriverRanker", "--port", str(port)],
+            cwd=PROJECT_ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + ready_timeout
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"ranker exited with {proc.returncode}:\n{log_path.read_text()[-4000:]}")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            stop_process_group(proc)
+            raise TimeoutError(f"ranker not ready in {ready_timeout}s:\n{log_path.read_text()[-4000:]}")
+        time.sleep(0.25)
+
+
+@contextmanager
+def ranker_server(
+    settings: Settings, workers: int = 1, extra_env: dict[str, str] | None = None, ready_timeout: float = 120
+) -> Iterator[str]:
+    """The ranker for the duration of a `with`; yields its base URL."""
+    proc, url = start_ranker(settings, workers, extra_env, ready_timeout)
     try:
-        deadline = time.monotonic() + ready_timeout
-        while True:
-            if proc.poll() is not None:
-                log.seek(0)
-                raise RuntimeError(f"ranker exited with {proc.returncode}:\n{log.read().decode()[-4000:]}")
-            try:
-                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                log.seek(0)
-                raise TimeoutError(f"ranker not ready in {ready_timeout}s:\n{log.read().decode()[-4000:]}")
-            time.sleep(0.25)
         yield url
     finally:
         stop_process_group(proc, grace_s=20)
-        log.close()

@@ -20,3 +20,12 @@ def test_environment_overrides(monkeypatch):
     settings = Settings(_env_file=None)
     assert settings.port == 4000 and settings.max_driver_ids == 10
     assert settings.feast_yaml.name == "feature_store.sqlite.yaml"
+
+
+def test_empty_secrets_are_unset(monkeypatch):
+    monkeypatch.setenv("ADMIN_TOKEN", "")
+    monkeypatch.setenv("API_KEY", "  ")
+    settings = Settings(_env_file=None)
+    assert settings.admin_token is None and settings.api_key is None
+    monkeypatch.setenv("ADMIN_TOKEN", "t0k3n")
+    assert Settings(_env_file=None).admin_token.get_secret_value() == "t0k3n"
