@@ -56,6 +56,9 @@ bench: $(VENV)/.installed ## benchmark vs the course design and BentoML's ceilin
 	@command -v wrk >/dev/null || { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && apt-get install -y -qq wrk >/dev/null 2>&1; } || echo "wrk not installed: using the asyncio client"
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
+soak: $(VENV)/.installed ## SOAK_MINUTES (5) of mixed traffic at 200 req/s; fails on a 5xx or 10% worker memory growth
+	$(BIN)/python -m bench.soak
+
 fuzz: $(VENV)/.installed ## schemathesis against a served ranker, FUZZ_EXAMPLES (default 2000) per mode
 	FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-2000} $(BIN)/python -m pytest -q -rP tests/integration/test_fuzz.py
 
@@ -74,4 +77,4 @@ clean: ## remove generated data, registries and reports (keeps .venv)
 	rm -rf feature_repo/data artifacts/* .pytest_cache
 	touch artifacts/.gitkeep
 
-.PHONY: help install data features train promote rollback canary serve stack bento containerize bench fuzz test lint format clean
+.PHONY: help install data features train promote rollback canary serve stack bento containerize bench soak fuzz test lint format clean

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import os
 
 import bentoml
 from fastapi import FastAPI, Header
@@ -71,7 +72,7 @@ class DriverRanker:
         except AdminDenied as exc:
             return JSONResponse({"error": str(exc)}, status_code=exc.status)
         outcome = await asyncio.to_thread(self.ranker.manager.check, True)
-        return JSONResponse({"worker_pid": self.ranker.info()["worker_pid"], "roles": outcome})
+        return JSONResponse({"worker_pid": os.getpid(), "roles": outcome})
 
     async def __is_ready__(self) -> bool:
         return await self.ranker.manager.champion.reader.ping()

@@ -33,7 +33,7 @@ from driver_ranker.feature_store import open_store
 from driver_ranker.online_features import FeastSdkReader
 from driver_ranker.ranker import Ranker
 from driver_ranker.schemas import InferenceRequest
-from driver_ranker.stack import stop_process_group
+from driver_ranker.stack import free_port, stop_process_group
 
 OUT = PROJECT_ROOT / "artifacts" / "bench"
 SERVICES = {
@@ -47,14 +47,6 @@ CONCURRENCY = (1, 16)
 
 def body(size: int) -> dict:
     return {"request_id": "bench", "driver_ids": list(range(FIRST_DRIVER_ID, FIRST_DRIVER_ID + size))}
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start(target: str, env: dict[str, str]) -> tuple[subprocess.Popen, str, float]:

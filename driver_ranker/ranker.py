@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import random
 import time
 import uuid
@@ -107,7 +108,15 @@ class Ranker:
             model=ModelRef(name=m.name, version=m.version, alias=m.alias),
         )
 
-    def _start_shadow(self, shadow, served, driver_ids, rows, ranking, request_id) -> None:
+    def _start_shadow(
+        self,
+        shadow: ServedModel,
+        served: ServedModel,
+        driver_ids: list[int],
+        rows: FeatureRows,
+        ranking: list[tuple[int, float]],
+        request_id: str,
+    ) -> None:
         if len(self._shadow_tasks) >= SHADOW_BACKLOG:
             metrics.SHADOW.labels(outcome="skipped").inc()
             return
@@ -153,7 +162,6 @@ class Ranker:
 
     def info(self) -> dict:
         """GET /model: the champion's fields at the top, the other roles, refusals, registry state."""
-        import os
 
         def describe(served: ServedModel) -> dict:
             m = served.model

@@ -19,15 +19,9 @@ import httpx
 from driver_ranker.config import PROJECT_ROOT, Settings
 from driver_ranker.data import DataSpec, write
 from driver_ranker.feature_store import apply, materialize
-from driver_ranker.stack import stop_process_group
+from driver_ranker.stack import free_port, stop_process_group
 
 REDIS = "127.0.0.1:6379"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def make_feast_repo(root: Path, spec: DataSpec, redis: str = REDIS) -> Path:
@@ -74,11 +68,25 @@ def teardown_repo(settings: Settings) -> None:
 
 
 @contextmanager
-def redis_server(port: int | None = None) -> Iterator[tuple[subprocess.Popen, str]]:
+def redis_server(
+    port: int | None = None, password: str | None = None
+) -> Iterator[tuple[subprocess.Popen, str]]:
     """A redis-server of the test's own on a free port; stopped (and forgotten) at the end."""
     port = port or free_port()
+    auth = ["--requirepass", password] if password else []
     proc = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        [
+            "redis-server",
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            *auth,
+        ],
         stdout=subprocess.DEVNULL,
     )
     address = f"127.0.0.1:{port}"
