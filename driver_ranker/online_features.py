@@ -65,8 +65,6 @@ class OnlineFeatureReader(Protocol):
 
     async def ping(self) -> bool: ...
 
-    async def close(self) -> None: ...
-
 
 def _rows(driver_ids: Sequence[int], values: Sequence[Sequence[float | None]]) -> FeatureRows:
     """Splits per-driver values into known rows and unknown ids; a driver missing any value is unknown."""
@@ -126,9 +124,6 @@ class FeastSdkReader:
         except FeatureStoreUnavailable:
             return False
         return True
-
-    async def close(self) -> None:
-        return None
 
 
 class RedisFeatureReader:
@@ -203,9 +198,6 @@ class RedisFeatureReader:
                 return bool(await self._client.ping())
         except (TimeoutError, redis.RedisError, OSError):
             return False
-
-    async def close(self) -> None:
-        await self._client.aclose()
 
 
 def async_redis_client(connection_string: str, timeout_s: float) -> aioredis.Redis:

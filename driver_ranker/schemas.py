@@ -51,7 +51,3 @@ class InferenceResponse(BaseModel):
     scores: list[DriverScore] = Field(description="Known drivers, best first.")
     unknown_driver_ids: list[int] = Field(description="Drivers with no features online; not scored.")
     model: ModelRef
-
-
-class ErrorResponse(BaseModel):
-    error: str = Field(description="What went wrong and what to do about it.")
