@@ -18,7 +18,6 @@ import re
 import shutil
 import statistics
 import subprocess
-import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -33,7 +32,7 @@ from driver_ranker.feature_store import open_store
 from driver_ranker.online_features import FeastSdkReader
 from driver_ranker.ranker import Ranker
 from driver_ranker.schemas import InferenceRequest
-from driver_ranker.stack import free_port, stop_process_group
+from driver_ranker.stack import free_port, serve_until_ready, stop_process_group
 
 OUT = PROJECT_ROOT / "artifacts" / "bench"
 SERVICES = {
@@ -53,21 +52,8 @@ def start(target: str, env: dict[str, str]) -> tuple[subprocess.Popen, str, floa
     """Starts `bentoml serve target`; returns the process, its URL and seconds to /readyz."""
     port = free_port()
     started = time.monotonic()
-    log = open(OUT / f"{target.split(':')[1]}.log", "wb")  # noqa: SIM115
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "bentoml", "serve", target, "--port", str(port)],
-        cwd=PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    while True:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{target} exited; see {log.name}")
-        try:
-            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                return proc, url, time.monotonic() - started
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.05)
+    proc = serve_until_ready(target, port, env, OUT / f"{target.split(':')[1]}.log")
+    return proc, f"http://127.0.0.1:{port}", time.monotonic() - started
 
 
 def _ms(value: str) -> float:

@@ -20,8 +20,8 @@ from driver_ranker.errors import DependencyUnavailable
 from driver_ranker.feature_store import (
     apply,
     materialize,
+    ping_redis,
     redis_address,
-    redis_client,
 )
 from driver_ranker.registry import connect, version_for_alias
 from driver_ranker.training import train
@@ -31,9 +31,10 @@ logger = logging.getLogger("driver_ranker.bootstrap")
 
 def redis_answers(settings: Settings) -> bool:
     try:
-        return bool(redis_client(settings.redis_connection_string, 0.5).ping())
-    except Exception:  # any failure to connect means "not answering" here
+        ping_redis(settings.redis_connection_string, 0.5)
+    except DependencyUnavailable:
         return False
+    return True
 
 
 def ensure_redis(settings: Settings) -> bool:

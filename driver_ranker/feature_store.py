@@ -57,11 +57,15 @@ def redis_client(connection_string: str, timeout_s: float) -> redis.Redis:
 def require_redis(store: FeatureStore, timeout_s: float = 1.0) -> None:
     """Fails with a message that says how to start Redis when the online store does not answer."""
     config = store.config.online_store
-    if not isinstance(config, RedisOnlineStoreConfig):
-        return
-    address = redis_address(config.connection_string)
+    if isinstance(config, RedisOnlineStoreConfig):
+        ping_redis(config.connection_string, timeout_s)
+
+
+def ping_redis(connection_string: str, timeout_s: float = 1.0) -> None:
+    """Raises DependencyUnavailable, saying how to start Redis, when none answers there."""
+    address = redis_address(connection_string)
     try:
-        redis_client(config.connection_string, timeout_s).ping()
+        redis_client(connection_string, timeout_s).ping()
     except redis.RedisError as exc:
         raise DependencyUnavailable(
             f"Redis does not answer at {address} ({exc}). Start it with "

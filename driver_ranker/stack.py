@@ -38,6 +38,33 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def serve_until_ready(
+    target: str, port: int, env: dict[str, str], log_path: Path, ready_timeout: float = 120
+) -> subprocess.Popen:
+    """`bentoml serve target` on `port` in a session of its own, once its /readyz says 200.
+
+    Output goes to `log_path`; a server that exits or is not ready in time is reported with its tail.
+    """
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "bentoml", "serve", target, "--port", str(port)],
+            cwd=PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    deadline = time.monotonic() + ready_timeout
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{target} exited with {proc.returncode}:\n{log_path.read_text()[-4000:]}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            stop_process_group(proc)
+            raise TimeoutError(f"{target} not ready in {ready_timeout}s:\n{log_path.read_text()[-4000:]}")
+        time.sleep(0.05)
+
+
 def postgres_backend(database: str, dsn: str = "host=127.0.0.1 port=5432 user=postgres") -> str | None:
     """A PostgreSQL URI for the MLflow backend store (creating the database), or None if none answers."""
     try:

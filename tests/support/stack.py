@@ -7,19 +7,16 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import httpx
-
 from driver_ranker.config import PROJECT_ROOT, Settings
 from driver_ranker.data import DataSpec, write
 from driver_ranker.feature_store import apply, materialize
-from driver_ranker.stack import free_port, stop_process_group
+from driver_ranker.stack import free_port, serve_until_ready, stop_process_group
 
 REDIS = "127.0.0.1:6379"
 
@@ -124,29 +121,8 @@ def start_ranker(
         os.environ | settings_env(settings) | {"WORKERS": str(workers), "PORT": str(port)} | (extra_env or {})
     )
     log_path = settings.feast_repo_path.parent / f"ranker-{port}.log"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "bentoml", "serve", "service:DriverRanker", "--port", str(port)],
-            cwd=PROJECT_ROOT,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + ready_timeout
-    while True:
-        if proc.poll() is not None:
-            raise RuntimeError(f"ranker exited with {proc.returncode}:\n{log_path.read_text()[-4000:]}")
-        try:
-            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline:
-            stop_process_group(proc)
-            raise TimeoutError(f"ranker not ready in {ready_timeout}s:\n{log_path.read_text()[-4000:]}")
-        time.sleep(0.25)
+    proc = serve_until_ready("service:DriverRanker", port, env, log_path, ready_timeout)
+    return proc, f"http://127.0.0.1:{port}"
 
 
 @contextmanager
