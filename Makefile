@@ -45,6 +45,11 @@ serve: $(VENV)/.installed ## everything from a fresh clone (Redis, data, feature
 stack: $(VENV)/.installed ## the compose topology as processes: Redis, mlflow server (PostgreSQL if up), init, ranker
 	$(BIN)/python -m driver_ranker.stack
 
+BATCH_EXAMPLE := artifacts/batch/requests.parquet
+batch: $(VENV)/.installed ## score INPUT (CSV/Parquet) into OUTPUT (Parquet) with the champion or VERSION=n; no INPUT: 100k example rows
+	$(if $(INPUT),,test -f $(BATCH_EXAMPLE) || $(BIN)/python -m driver_ranker.data --requests 100000 --requests-out $(BATCH_EXAMPLE))
+	$(BIN)/python -m driver_ranker.batch $(or $(INPUT),$(BATCH_EXAMPLE)) $(or $(OUTPUT),artifacts/batch/scores.parquet) $(if $(VERSION),--version $(VERSION))
+
 bento: $(VENV)/.installed ## bentoml build: import the champion into BentoML's model store, build the Bento
 	$(BIN)/python -m driver_ranker.packaging
 
@@ -77,4 +82,4 @@ clean: ## remove generated data, registries and reports (keeps .venv)
 	rm -rf feature_repo/data artifacts/* .pytest_cache
 	touch artifacts/.gitkeep
 
-.PHONY: help install data features train promote rollback canary serve stack bento containerize bench soak fuzz test lint format clean
+.PHONY: help install data features train promote rollback canary serve stack batch bento containerize bench soak fuzz test lint format clean

@@ -73,6 +73,10 @@ class Settings(BaseSettings):
     shadow_alias: str | None = Field(None, description="Alias of a model scored off the response path.")
     admin_token: SecretStr | None = Field(None, description="Bearer token of /admin/*; unset turns them off.")
 
+    batch_chunk_rows: int = Field(
+        100_000, ge=1, description="Rows per offline join in batch scoring; bounds its memory."
+    )
+
     @field_validator("admin_token", "api_key", "shadow_alias", "bento_model_tag", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from driver_ranker.config import get_settings
+from driver_ranker.config import PROJECT_ROOT, get_settings
 
 logger = logging.getLogger(__name__)
 
@@ -115,13 +115,37 @@ def generate(spec: DataSpec) -> tuple[pd.DataFrame, pd.DataFrame]:
     return stats, orders
 
 
+def generate_requests(
+    latest: datetime, n_drivers: int, n_rows: int, drivers_per_request: int = 5, days: float = 7.0
+) -> pd.DataFrame:
+    """Batch-scoring requests over the `days` up to `latest` (the last statistics hour): rows of
+    (request_id, driver_id, event_timestamp), `drivers_per_request` rows per request sharing one
+    time. About 1% of the drivers are unknown (no statistics), as in real dispatch logs."""
+    rng = np.random.default_rng(n_rows)
+    n_requests = -(-n_rows // drivers_per_request)
+    seconds = np.round(rng.uniform(0, days * 86400, n_requests))
+    at = pd.Timestamp(latest) - pd.to_timedelta(seconds, unit="s")
+    driver_ids = rng.integers(FIRST_DRIVER_ID, FIRST_DRIVER_ID + n_drivers, n_rows)
+    unknown = rng.uniform(size=n_rows) < 0.01
+    driver_ids[unknown] += n_drivers  # past the last driver
+    request = np.arange(n_rows) // drivers_per_request
+    return pd.DataFrame(
+        {
+            "request_id": pd.Series(request).map("r{:08d}".format),
+            "driver_id": driver_ids,
+            "event_timestamp": at[request],
+        }
+    )
+
+
 def write(spec: DataSpec, out_dir: Path) -> tuple[Path, Path]:
     """Writes both files under `out_dir` and returns their paths."""
     stats, orders = generate(spec)
     out_dir.mkdir(parents=True, exist_ok=True)
     stats_path, orders_path = out_dir / STATS_FILE, out_dir / ORDERS_FILE
-    stats.to_parquet(stats_path, index=False)
-    orders.to_parquet(orders_path, index=False)
+    # Microseconds: DuckDB (the offline store) casts no nanosecond time zone timestamps.
+    for frame, path in ((stats, stats_path), (orders, orders_path)):
+        frame.to_parquet(path, index=False, coerce_timestamps="us")
     return stats_path, orders_path
 
 
@@ -135,7 +159,25 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--end", type=datetime.fromisoformat, help="ISO time; default today 00:00 UTC")
     parser.add_argument("--out", type=Path, default=get_settings().feast_repo_path / "data")
     parser.add_argument("--force", action="store_true", help="rewrite files that already exist")
+    parser.add_argument(
+        "--requests",
+        type=int,
+        metavar="ROWS",
+        help="instead, write ROWS example batch requests (for `make batch`) to --requests-out",
+    )
+    parser.add_argument(
+        "--requests-out", type=Path, default=PROJECT_ROOT / "artifacts" / "batch" / "requests.parquet"
+    )
     args = parser.parse_args(argv)
+    if args.requests:
+        if not (args.out / STATS_FILE).exists():
+            raise SystemExit(f"error: {args.out / STATS_FILE} is missing: run `make data` first")
+        stats = pd.read_parquet(args.out / STATS_FILE, columns=["driver_id", "event_timestamp"])
+        requests = generate_requests(stats.event_timestamp.max(), stats.driver_id.nunique(), args.requests)
+        args.requests_out.parent.mkdir(parents=True, exist_ok=True)
+        requests.to_parquet(args.requests_out, index=False)
+        print(f"wrote {args.requests} batch requests to {args.requests_out}")
+        return
     if (args.out / STATS_FILE).exists() and (args.out / ORDERS_FILE).exists() and not args.force:
         print(f"data: {args.out} already holds {STATS_FILE} and {ORDERS_FILE}; --force rewrites them")
         return

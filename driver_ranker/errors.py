@@ -15,3 +15,7 @@ class MissingFeatures(LookupError):
 
 class ModelUnavailable(RuntimeError):
     """The registry does not answer, or names no version for the alias."""
+
+
+class BadBatchInput(ValueError):
+    """A batch input file cannot be scored; the message names the column or the row."""

@@ -12,8 +12,9 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pandas as pd
 import redis
-from feast import FeatureStore
+from feast import FeatureService, FeatureStore
 from feast.infra.online_stores.redis import RedisOnlineStore, RedisOnlineStoreConfig
 from feast.repo_operations import apply_total, cli_check_repo
 
@@ -91,6 +92,18 @@ def apply(settings: Settings) -> FeatureStore:
     return open_store(settings)
 
 
+def historical_features(
+    store: FeatureStore, entity_df: pd.DataFrame, service: FeatureService
+) -> pd.DataFrame:
+    """Feast's point-in-time join of `entity_df` (driver_id, event_timestamp, any other columns) to
+    the feature service, through whichever offline store feature_store.yaml names."""
+    # Arrow refuses to cast nanoseconds it would lose into the offline store's microseconds.
+    entity_df = entity_df.assign(event_timestamp=entity_df["event_timestamp"].dt.floor("us"))
+    # DuckDB resolves the sources' relative paths (data/...) against the working directory.
+    with contextlib.chdir(store.repo_path):
+        return store.get_historical_features(entity_df=entity_df, features=service).to_df()
+
+
 def _online_store_filled(store: FeatureStore) -> bool:
     """Whether the first driver has features online (Redis here keeps nothing across restarts)."""
     row = store.get_online_features(
@@ -106,10 +119,11 @@ def materialize(store: FeatureStore, end: datetime | None = None, full: bool = F
     """
     end = end or datetime.now(UTC)
     views = store.list_feature_views()
-    if not full and all(v.most_recent_end_time for v in views) and _online_store_filled(store):
-        store.materialize_incremental(end_date=end)
-        return "incremental"
-    store.materialize(start_date=datetime(1970, 1, 1, tzinfo=UTC), end_date=end)
+    with contextlib.chdir(store.repo_path):  # as in historical_features
+        if not full and all(v.most_recent_end_time for v in views) and _online_store_filled(store):
+            store.materialize_incremental(end_date=end)
+            return "incremental"
+        store.materialize(start_date=datetime(1970, 1, 1, tzinfo=UTC), end_date=end)
     return "full"
 
 

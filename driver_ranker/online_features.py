@@ -19,6 +19,7 @@ import numpy as np
 import redis
 import redis.asyncio as aioredis
 from feast import FeatureStore
+from feast.errors import FeatureServiceNotFoundException
 from feast.infra.key_encoding_utils import serialize_entity_key
 from feast.infra.online_stores.helpers import _mmh3
 from feast.infra.online_stores.redis import RedisOnlineStoreConfig, RedisType
@@ -81,7 +82,13 @@ def _rows(driver_ids: Sequence[int], values: Sequence[Sequence[float | None]]) -
 
 def service_features(store: FeatureStore, service_name: str, feature_names: Sequence[str]) -> list[tuple]:
     """(feature view, feature name, Feast type) for each model input, in the model's order."""
-    service = store.get_feature_service(service_name)
+    try:
+        service = store.get_feature_service(service_name)
+    except FeatureServiceNotFoundException:
+        raise MissingFeatures(
+            f"feature service {service_name!r} is not in the Feast registry of {store.repo_path}: "
+            "run `make features`"
+        ) from None
     served = {}
     for projection in service.feature_view_projections:
         view = store.get_feature_view(projection.name)

@@ -103,6 +103,18 @@ def load_version(client: MlflowClient, version: ModelVersion, alias: str) -> Loa
     )
 
 
+def load_numbered(settings: Settings, number: str) -> LoadedModel:
+    """Loads version `number` of the configured model, whatever its aliases."""
+    client = connect(settings)
+    try:
+        version = client.get_model_version(settings.model_name, number)
+    except MlflowException as exc:
+        raise ModelUnavailable(
+            f"{settings.model_name!r} has no version {number} in {settings.mlflow_tracking_uri}"
+        ) from exc
+    return load_version(client, version, alias=f"version {number}")
+
+
 def load_alias(settings: Settings, alias: str | None = None) -> LoadedModel:
     """Resolves `models:/<name>@<alias>` (the champion by default) and loads it."""
     alias = alias or settings.model_alias

@@ -27,7 +27,7 @@ from sklearn.preprocessing import FunctionTransformer, StandardScaler
 
 from driver_ranker.config import PROJECT_ROOT, Settings, get_settings
 from driver_ranker.data import ORDERS_FILE
-from driver_ranker.feature_store import FEATURE_SERVICE, open_store, require_data
+from driver_ranker.feature_store import FEATURE_SERVICE, historical_features, open_store, require_data
 from driver_ranker.registry import FEATURE_SERVICE_TAG, connect, load_version, version_for_alias
 
 logger = logging.getLogger(__name__)
@@ -70,7 +70,7 @@ def training_frame(store: FeatureStore, orders: pd.DataFrame) -> tuple[pd.DataFr
     """Orders joined point-in-time to the feature service; returns the rows and feature names."""
     service = store.get_feature_service(FEATURE_SERVICE)
     features = [f.name for projection in service.feature_view_projections for f in projection.features]
-    rows = store.get_historical_features(entity_df=orders, features=service).to_df()
+    rows = historical_features(store, orders, service)
     return rows.sort_values("event_timestamp", ignore_index=True), features
 
 
