@@ -127,9 +127,11 @@ def parse_requests(chunk: pd.DataFrame, first_row: int, path: Path) -> pd.DataFr
     naming the first bad row, `first_row` being the chunk's first; naive times are taken as UTC."""
 
     def fail(mask: pd.Series, column: str, problem: str) -> None:
+        """Raises for the first row of `mask`; `{!r}` in `problem` shows that row's value."""
         i = int(np.argmax(mask.to_numpy()))
-        value = chunk[column].iloc[i]
-        raise BadBatchInput(f"{_place(path, first_row + i)}: {column} {value!r} {problem}")
+        raise BadBatchInput(
+            f"{_place(path, first_row + i)}: {column} {problem.format(chunk[column].iloc[i])}"
+        )
 
     for column in REQUEST_COLUMNS:
         if chunk[column].isna().any():
@@ -137,18 +139,16 @@ def parse_requests(chunk: pd.DataFrame, first_row: int, path: Path) -> pd.DataFr
     driver_id = pd.to_numeric(chunk[JOIN_KEY], errors="coerce")
     bad = driver_id.isna() | (driver_id % 1 != 0) | (driver_id.abs() >= 2**63)
     if bad.any():
-        fail(bad, JOIN_KEY, "is not an integer")
+        fail(bad, JOIN_KEY, "{!r} is not an integer")
     raw_time = chunk["event_timestamp"]
     if pd.api.types.is_numeric_dtype(raw_time):
-        fail(
-            raw_time.notna(), "event_timestamp", "is a number, not a timestamp (ISO 8601 text or a timestamp)"
-        )
+        fail(raw_time.notna(), "event_timestamp", "{!r} is a number: expected ISO 8601 text or a timestamp")
     if pd.api.types.is_datetime64_any_dtype(raw_time):
         at = pd.to_datetime(raw_time, utc=True)
     else:
         at = pd.to_datetime(raw_time, utc=True, errors="coerce", format="ISO8601")
         if at.isna().any():
-            fail(at.isna(), "event_timestamp", "is not an ISO 8601 timestamp")
+            fail(at.isna(), "event_timestamp", "{!r} is not an ISO 8601 timestamp")
     return pd.DataFrame(
         {
             "request_id": chunk["request_id"].astype(str),

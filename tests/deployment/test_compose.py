@@ -16,6 +16,7 @@ DEPLOYMENT = PROJECT_ROOT / "deployment"
 NOT_IN_COMPOSE = {
     "mlflow_artifact_root": "only used with a local SQLite registry, not with a server",
     "bento_model_tag": "set in the image by `make bento`: the model that image carries",
+    "batch_chunk_rows": "batch scoring is a job (`make batch`), not part of the service",
 }
 LONG_RUNNING = {"redis", "postgres", "mlflow", "ranker", "prometheus"}
 
