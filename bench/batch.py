@@ -1,0 +1,104 @@
+"""Batch scoring throughput and peak memory (`make bench` runs it after the HTTP loads).
+
+Each run is `driver_ranker.batch.run` in a fresh process, so its peak RSS is its own: 1M rows on
+the configured offline store (DuckDB), 100k rows on it to show memory does not grow with the
+input, and 100k rows on Feast's `file` (Dask) offline store, side by side, to show what the
+offline store costs. Only feature_store.yaml differs between the last two.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import shutil
+import tempfile
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import pandas as pd
+
+from driver_ranker.batch import run
+from driver_ranker.bootstrap import prepare
+from driver_ranker.config import PROJECT_ROOT, Settings, get_settings
+from driver_ranker.data import STATS_FILE, generate_requests
+
+OUT = PROJECT_ROOT / "artifacts" / "bench"
+
+
+def _score(settings: Settings, source: Path, rows: int) -> dict:
+    """Runs in its own process: the batch job on the first `rows` of `source`."""
+    part = source.with_name(f"requests-{rows}.parquet")
+    pd.read_parquet(source).head(rows).to_parquet(part, index=False)
+    report = run(settings, part, source.with_name(f"scores-{rows}.parquet"), progress=False)
+    return {
+        "rows": report.rows,
+        "seconds": round(report.seconds, 2),
+        "rows_per_s": round(report.rows_per_s),
+        "peak_rss_mb": round(report.peak_rss_mb),
+    }
+
+
+def _repo_on_file_store(settings: Settings, root: Path) -> Path:
+    """The feature repo with `offline_store: type: file` (Feast's Dask store), sharing its data."""
+    repo = root / "feature_repo"
+    repo.mkdir()
+    shutil.copy(settings.feast_repo_path / "driver_repo.py", repo)
+    (repo / "data").symlink_to(settings.feast_repo_path / "data")
+    yaml = settings.feast_yaml.read_text().replace("type: duckdb", "type: file")
+    (repo / settings.feast_yaml.name).write_text(yaml)
+    return repo
+
+
+def batch_bench(settings: Settings, rows: int = 1_000_000, compare_rows: int = 100_000) -> dict:
+    with tempfile.TemporaryDirectory(prefix="batch-bench-") as tmp:
+        root = Path(tmp)
+        stats = pd.read_parquet(settings.feast_repo_path / "data" / STATS_FILE)
+        source = root / "requests.parquet"
+        latest = stats.event_timestamp.max()
+        generate_requests(latest, stats.driver_id.nunique(), rows).to_parquet(source, index=False)
+        on_file = settings.model_copy(update={"feast_repo_path": _repo_on_file_store(settings, root)})
+        runs = {}
+        spawn = multiprocessing.get_context("spawn")
+        for name, run_settings, n in (
+            ("duckdb_1m", settings, rows),
+            ("duckdb_100k", settings, compare_rows),
+            ("file_dask_100k", on_file, compare_rows),
+        ):
+            with ProcessPoolExecutor(1, mp_context=spawn) as pool:
+                runs[name] = pool.submit(_score, run_settings, source, n).result()
+            print(f"batch {name}: {runs[name]}", flush=True)
+    return {
+        "chunk_rows": settings.batch_chunk_rows,
+        "runs": runs,
+        "duckdb_vs_file_rows_per_s": round(
+            runs["duckdb_100k"]["rows_per_s"] / runs["file_dask_100k"]["rows_per_s"], 2
+        ),
+    }
+
+
+def table(results: dict) -> str:
+    lines = [
+        f"| batch run (chunks of {results['chunk_rows']:,} rows) | rows | seconds | rows/s | peak RSS MB |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for name, r in results["runs"].items():
+        lines.append(
+            f"| {name} | {r['rows']:,} | {r['seconds']} | {r['rows_per_s']:,} | {r['peak_rss_mb']:,} |"
+        )
+    lines.append(f"\nDuckDB vs file (Dask) offline store, rows/s: {results['duckdb_vs_file_rows_per_s']}x")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    args = parser.parse_args(argv)
+    OUT.mkdir(parents=True, exist_ok=True)
+    results = batch_bench(prepare(get_settings()), args.rows)
+    (OUT / "batch.json").write_text(json.dumps(results, indent=2))
+    print(table(results))
+
+
+if __name__ == "__main__":
+    main()
