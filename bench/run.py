@@ -4,7 +4,8 @@ The three services run at once on the same Redis, registry and number of workers
 (1, 5, 100 drivers; concurrency 1 and 16) is sent to each service in turn, from a separate process
 (wrk, or an asyncio client where wrk is missing), over several rounds. Medians over the rounds are
 reported, with the ratios. Also timed in-process: the feature read (direct vs Feast's SDK, checked
-equal), the server-side time of one request, and the cold start to /readyz.
+equal), the server-side time of one request, and the cold start to /readyz. Last, batch scoring
+of 1M rows (bench/batch.py).
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 
+from bench.batch import batch_bench
+from bench.batch import table as batch_table
 from driver_ranker.bootstrap import prepare
 from driver_ranker.config import PROJECT_ROOT, get_settings
 from driver_ranker.data import FIRST_DRIVER_ID
@@ -201,6 +204,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--repeats", type=int, default=500, help="in-process timing repeats")
+    parser.add_argument("--batch-rows", type=int, default=1_000_000, help="batch scoring rows (0: skip)")
     args = parser.parse_args(argv)
     OUT.mkdir(parents=True, exist_ok=True)
     settings = prepare(get_settings())
@@ -248,6 +252,8 @@ def main(argv: list[str] | None = None) -> None:
         },
         "runs": runs,
     }
+    if args.batch_rows:
+        results["batch"] = batch_bench(settings, args.batch_rows)
     (OUT / "results.json").write_text(json.dumps(results, indent=2))
     chart(results, OUT / "throughput.png")
     markdown = table(results)
@@ -264,6 +270,8 @@ def main(argv: list[str] | None = None) -> None:
             f"server-side request {timings['server_side_ms'][size]:.3f} ms"
         )
     print("cold start to /readyz: " + ", ".join(f"{n} {s:.1f} s" for n, s in cold.items()))
+    if args.batch_rows:
+        print(batch_table(results["batch"]))
     print(f"wrote {OUT / 'results.json'} and {OUT / 'throughput.png'}")
 
 

@@ -38,7 +38,8 @@ from driver_ranker.registry import LoadedModel, load_alias, load_numbered
 logger = logging.getLogger(__name__)
 
 REQUEST_COLUMNS = ("request_id", JOIN_KEY, "event_timestamp")
-_ROW = "_row"  # position in the input, carried through the offline join to restore the order
+_ROW = "_row"  # position in the input: the order of the output, and who wins a tie
+_KEY = "_key"  # number of a distinct (driver_id, event_timestamp) within a chunk
 
 
 @dataclass(frozen=True)
@@ -177,12 +178,17 @@ def score_requests(store: FeatureStore, batch: BatchModel, requests: pd.DataFram
     statistics older than the feature view's ttl); online, such a driver is left out of the ranking.
     """
     features = list(batch.model.feature_names)
-    joined = historical_features(store, requests[[JOIN_KEY, "event_timestamp", _ROW]], batch.service)
-    if len(joined) != len(requests):
-        raise RuntimeError(f"the offline join returned {len(joined)} rows for {len(requests)}")
-    joined = joined.sort_values(_ROW, ignore_index=True)
+    # Each (driver, time) once: offline stores may collapse repeated entity rows (Dask's does),
+    # and a driver listed twice at one time needs its features once.
+    key = requests.groupby([JOIN_KEY, "event_timestamp"], sort=False).ngroup().to_numpy()
+    first = ~pd.Series(key).duplicated().to_numpy()
+    entities = requests.loc[first, [JOIN_KEY, "event_timestamp"]].assign(**{_KEY: key[first]})
+    joined = historical_features(store, entities, batch.service)
+    if len(joined) != len(entities):
+        raise RuntimeError(f"the offline join returned {len(joined)} rows for {len(entities)}")
+    joined = joined.sort_values(_KEY, ignore_index=True)  # row i is key i
     # float64 in model input order, as the online reader builds its matrix.
-    values = joined[features].to_numpy(np.float64)
+    values = joined[features].to_numpy(np.float64)[key]
     has_features = ~np.isnan(values).any(axis=1)
     score = np.full(len(requests), np.nan)
     if has_features.any():
