@@ -17,7 +17,7 @@ import resource
 import sys
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -101,7 +101,7 @@ def _read_chunks(path: Path, chunk_rows: int) -> Iterator[pd.DataFrame]:
         _require_columns(file.schema_arrow.names, path)
         for batch in file.iter_batches(batch_size=chunk_rows, columns=list(REQUEST_COLUMNS)):
             yield batch.to_pandas()
-    elif path.suffix.lower() in (".csv", ".gz"):
+    elif path.name.lower().endswith((".csv", ".csv.gz")):
         try:
             _require_columns(pd.read_csv(path, nrows=0).columns, path)
         except pd.errors.EmptyDataError:
@@ -111,10 +111,11 @@ def _read_chunks(path: Path, chunk_rows: int) -> Iterator[pd.DataFrame]:
         raise BadBatchInput(f"{path}: expected a .csv, .csv.gz or .parquet file")
 
 
-def _require_columns(columns: object, path: Path) -> None:
-    missing = [c for c in REQUEST_COLUMNS if c not in list(columns)]
+def _require_columns(columns: Iterable[str], path: Path) -> None:
+    columns = list(columns)
+    missing = [c for c in REQUEST_COLUMNS if c not in columns]
     if missing:
-        raise BadBatchInput(f"{path} has no column {', '.join(map(repr, missing))} (it has {list(columns)})")
+        raise BadBatchInput(f"{path} has no column {', '.join(map(repr, missing))} (it has {columns})")
 
 
 def _place(path: Path, row: int) -> str:
