@@ -310,7 +310,10 @@ def run(
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        description="Score a file of requests with point-in-time features from Feast's offline store "
+        "and the champion (or --version)."
+    )
     parser.add_argument("input", type=Path, help="CSV (.csv, .csv.gz) or Parquet file of requests")
     parser.add_argument(
         "output", type=Path, help="Parquet file of scores; the best per request goes beside it"
