@@ -35,8 +35,6 @@ from driver_ranker.online_features import JOIN_KEY, service_features
 from driver_ranker.ranking import Scorer, compile_scorer
 from driver_ranker.registry import LoadedModel, load_alias, load_numbered
 
-logger = logging.getLogger(__name__)
-
 REQUEST_COLUMNS = ("request_id", JOIN_KEY, "event_timestamp")
 _ROW = "_row"  # position in the input: the order of the output, and who wins a tie
 _KEY = "_key"  # number of a distinct (driver_id, event_timestamp) within a chunk
@@ -274,7 +272,6 @@ def run(
     output_path.parent.mkdir(parents=True, exist_ok=True)
     scores_tmp, best_tmp = _temporary(output_path), _temporary(best_path)
     best = BestPerRequest()
-    without_features = 0
     writer: pq.ParquetWriter | None = None
     try:
         with tqdm(total=total, unit="rows", unit_scale=True, disable=not progress, file=sys.stderr) as bar:
@@ -284,7 +281,6 @@ def run(
                 writer = writer or pq.ParquetWriter(scores_tmp, table.schema)
                 writer.write_table(table)
                 best.add(scored)
-                without_features += int((~scored["has_features"]).sum())
                 bar.update(len(requests))
         writer.close()
         writer = None
@@ -300,7 +296,7 @@ def run(
     return BatchReport(
         rows=total,
         requests=len(per_request),
-        rows_without_features=without_features,
+        rows_without_features=int((per_request.drivers - per_request.drivers_with_features).sum()),
         seconds=time.perf_counter() - started,
         peak_rss_mb=_peak_rss_mb(),
         model=f"{model.name} v{model.version}",

@@ -116,11 +116,15 @@ def generate(spec: DataSpec) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 
 def generate_requests(
-    latest: datetime, n_drivers: int, n_rows: int, drivers_per_request: int = 5, days: float = 7.0
+    data_dir: Path, n_rows: int, drivers_per_request: int = 5, days: float = 7.0
 ) -> pd.DataFrame:
-    """Batch-scoring requests over the `days` up to `latest` (the last statistics hour): rows of
-    (request_id, driver_id, event_timestamp), `drivers_per_request` rows per request sharing one
-    time. About 1% of the drivers are unknown (no statistics), as in real dispatch logs."""
+    """Batch-scoring requests for the statistics under `data_dir`, over the `days` up to their last
+    hour: rows of (request_id, driver_id, event_timestamp), `drivers_per_request` rows per request
+    sharing one time. About 1% of the drivers are unknown (no statistics), as in real dispatch logs."""
+    if not (data_dir / STATS_FILE).exists():
+        raise FileNotFoundError(f"{data_dir / STATS_FILE} is missing: run `make data` first")
+    stats = pd.read_parquet(data_dir / STATS_FILE, columns=["driver_id", "event_timestamp"])
+    latest, n_drivers = stats.event_timestamp.max(), stats.driver_id.nunique()
     rng = np.random.default_rng(n_rows)
     n_requests = -(-n_rows // drivers_per_request)
     seconds = np.round(rng.uniform(0, days * 86400, n_requests))
@@ -170,10 +174,10 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     if args.requests:
-        if not (args.out / STATS_FILE).exists():
-            raise SystemExit(f"error: {args.out / STATS_FILE} is missing: run `make data` first")
-        stats = pd.read_parquet(args.out / STATS_FILE, columns=["driver_id", "event_timestamp"])
-        requests = generate_requests(stats.event_timestamp.max(), stats.driver_id.nunique(), args.requests)
+        try:
+            requests = generate_requests(args.out, args.requests)
+        except FileNotFoundError as exc:
+            raise SystemExit(f"error: {exc}") from None
         args.requests_out.parent.mkdir(parents=True, exist_ok=True)
         requests.to_parquet(args.requests_out, index=False)
         print(f"wrote {args.requests} batch requests to {args.requests_out}")

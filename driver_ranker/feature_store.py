@@ -80,13 +80,18 @@ def require_data(repo_path: Path) -> None:
         raise FileNotFoundError(f"{repo_path / 'data' / STATS_FILE} is missing: run `make data` first.")
 
 
+def in_repo(store: FeatureStore) -> contextlib.chdir:
+    """Runs a block inside the Feast repo: Feast imports the definition files, and the DuckDB
+    offline store reads the sources (data/...), by paths relative to the working directory."""
+    return contextlib.chdir(store.repo_path)
+
+
 def apply(settings: Settings) -> FeatureStore:
     """`feast apply` of the repo: registers the entity, views and services, creates online tables."""
     require_data(settings.feast_repo_path)
     store = open_store(settings)
     require_redis(store)
-    # Feast imports the definition files by their path relative to the working directory.
-    with contextlib.chdir(settings.feast_repo_path):
+    with in_repo(store):
         cli_check_repo(settings.feast_repo_path, settings.feast_yaml)
         apply_total(store.config, settings.feast_repo_path, skip_source_validation=False)
     return open_store(settings)
@@ -99,8 +104,7 @@ def historical_features(
     the feature service, through whichever offline store feature_store.yaml names."""
     # Arrow refuses to cast nanoseconds it would lose into the offline store's microseconds.
     entity_df = entity_df.assign(event_timestamp=entity_df["event_timestamp"].dt.floor("us"))
-    # DuckDB resolves the sources' relative paths (data/...) against the working directory.
-    with contextlib.chdir(store.repo_path):
+    with in_repo(store):
         return store.get_historical_features(entity_df=entity_df, features=service).to_df()
 
 
@@ -119,7 +123,7 @@ def materialize(store: FeatureStore, end: datetime | None = None, full: bool = F
     """
     end = end or datetime.now(UTC)
     views = store.list_feature_views()
-    with contextlib.chdir(store.repo_path):  # as in historical_features
+    with in_repo(store):
         if not full and all(v.most_recent_end_time for v in views) and _online_store_filled(store):
             store.materialize_incremental(end_date=end)
             return "incremental"
