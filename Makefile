@@ -11,51 +11,57 @@ export PORT
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
-$(VENV)/.installed: requirements.lock pyproject.toml
+$(VENV)/.installed: requirements.lock requirements-dev.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --disable-pip-version-check -r requirements.lock
+	$(BIN)/pip install -q --disable-pip-version-check -r requirements-dev.lock
 	$(BIN)/pip install -q --disable-pip-version-check --no-deps -e .
 	touch $@
 
-install: $(VENV)/.installed ## create .venv and install the pinned dependencies
+install: $(VENV)/.installed ## create .venv and install the pinned dependencies (the image's and the dev tools')
 
 data: $(VENV)/.installed ## generate the seeded synthetic data into feature_repo/data/ (FORCE=1 rewrites it)
-	$(BIN)/python -m driver_ranker.data $(if $(FORCE),--force)
+	$(BIN)/python -m driver_ranker.jobs.data $(if $(FORCE),--force)
 
 features: $(VENV)/.installed ## feast apply and materialize into the online store (FULL=1: all data again)
-	$(BIN)/python -m driver_ranker.feature_store $(if $(FULL),--full)
+	$(BIN)/python -m driver_ranker.features.store $(if $(FULL),--full)
 
 train: $(VENV)/.installed ## train, register a version, promote it to champion if it passes the gate
-	$(BIN)/python -m driver_ranker.training
+	$(BIN)/python -m driver_ranker.jobs.training
 
 promote: $(VENV)/.installed ## move the champion alias to VERSION=n (the old one becomes `previous`)
 	@test -n "$(VERSION)" || { echo "usage: make promote VERSION=n"; exit 2; }
-	$(BIN)/python -m driver_ranker.release promote $(VERSION)
+	$(BIN)/python -m driver_ranker.ops.release promote $(VERSION)
 
 rollback: $(VENV)/.installed ## move the champion alias back to `previous`
-	$(BIN)/python -m driver_ranker.release rollback
+	$(BIN)/python -m driver_ranker.ops.release rollback
 
 canary: $(VENV)/.installed ## set the canary alias (CANARY_ALIAS, default challenger) to VERSION=n
 	@test -n "$(VERSION)" || { echo "usage: make canary VERSION=n"; exit 2; }
-	$(BIN)/python -m driver_ranker.release canary $(VERSION)
+	$(BIN)/python -m driver_ranker.ops.release canary $(VERSION)
 
-serve: $(VENV)/.installed ## everything from a fresh clone (Redis, data, features, champion), then serve on PORT
-	$(BIN)/python -m driver_ranker.bootstrap serve
+serve: $(VENV)/.installed ## everything from a fresh clone (Redis, demo data, features, champion), then serve on PORT
+	DEMO_DATA=$${DEMO_DATA:-true} $(BIN)/python -m driver_ranker.ops.bootstrap serve
 
-stack: $(VENV)/.installed ## the compose topology as processes: Redis, mlflow server (PostgreSQL if up), init, ranker
-	$(BIN)/python -m driver_ranker.stack
+stack: $(VENV)/.installed ## the compose topology as processes (demo data on): Redis, mlflow server (PostgreSQL if up), init, ranker
+	$(BIN)/python -m driver_ranker.ops.stack
 
 BATCH_EXAMPLE := artifacts/batch/requests.parquet
 batch: $(VENV)/.installed ## score INPUT (CSV/Parquet) into OUTPUT (Parquet) with the champion or VERSION=n; no INPUT: 100k example rows
-	$(if $(INPUT),,test -f $(BATCH_EXAMPLE) || $(BIN)/python -m driver_ranker.data --requests 100000 --requests-out $(BATCH_EXAMPLE))
-	$(BIN)/python -m driver_ranker.batch $(or $(INPUT),$(BATCH_EXAMPLE)) $(or $(OUTPUT),artifacts/batch/scores.parquet) $(if $(VERSION),--version $(VERSION))
+	$(if $(INPUT),,test -f $(BATCH_EXAMPLE) || $(BIN)/python -m driver_ranker.jobs.data --requests 100000 --requests-out $(BATCH_EXAMPLE))
+	$(BIN)/python -m driver_ranker.jobs.batch $(or $(INPUT),$(BATCH_EXAMPLE)) $(or $(OUTPUT),artifacts/batch/scores.parquet) $(if $(VERSION),--version $(VERSION))
 
-bento: $(VENV)/.installed ## bentoml build: import the champion into BentoML's model store, build the Bento
-	$(BIN)/python -m driver_ranker.packaging
+bento: $(VENV)/.installed ## import the champion into BentoML's model store as driver-ranker:latest, then bentoml build
+	$(BIN)/python -m driver_ranker.ops.packaging
 
-containerize: bento ## bentoml containerize the Bento into the image driver-ranker:latest (needs Docker)
+# Run from the temporary folder: BentoML 1.4.39's containerize refuses the Bento's dockerfile_template
+# under any other working directory (bentoml/BentoML#5566).
+containerize: bento ## bentoml containerize the Bento into the image driver-ranker:latest (needs Docker with BuildKit)
 	@docker info >/dev/null 2>&1 || { echo "error: make containerize needs a running Docker engine and 'docker info' fails here. The Bento is built (bentoml list); run this on a machine with Docker, or 'bentoml export driver-ranker:latest' and containerize it there."; exit 1; }
-	$(BIN)/bentoml containerize driver-ranker:latest -t driver-ranker:latest
+	cd "$$($(BIN)/python -c 'import tempfile; print(tempfile.gettempdir())')" && $(CURDIR)/$(BIN)/bentoml containerize driver-ranker:latest -t driver-ranker:latest
+
+test-compose: $(VENV)/.installed ## the compose stack for real (needs Docker): containerize, up, answers, release, faults, monitoring, down -v
+	$(BIN)/python -m pytest -v tests/compose
+.PHONY: test-compose
 
 bench: $(VENV)/.installed ## benchmark vs the course design and BentoML's ceiling; writes artifacts/bench/
 	@command -v wrk >/dev/null || { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && apt-get install -y -qq wrk >/dev/null 2>&1; } || echo "wrk not installed: using the asyncio client"
@@ -64,7 +70,7 @@ bench: $(VENV)/.installed ## benchmark vs the course design and BentoML's ceilin
 soak: $(VENV)/.installed ## SOAK_MINUTES (5) of mixed traffic at 200 req/s; fails on a 5xx or 10% worker memory growth
 	$(BIN)/python -m bench.soak
 
-fuzz: $(VENV)/.installed ## schemathesis against a served ranker, FUZZ_EXAMPLES (default 2000) per mode
+fuzz: $(VENV)/.installed ## schemathesis, every phase and check, on a served ranker: FUZZ_EXAMPLES (2000) per operation, FUZZ_SEED to replay
 	FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-2000} $(BIN)/python -m pytest -q -rP tests/integration/test_fuzz.py
 
 test: $(VENV)/.installed ## the whole test suite against real Redis and MLflow

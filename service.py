@@ -6,23 +6,28 @@ The service only wires parts of the `driver_ranker` package together; see README
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import os
+from typing import Any
 
 import bentoml
-from fastapi import FastAPI, Header
+from fastapi import FastAPI, Request
 from starlette.responses import JSONResponse
 
 from driver_ranker import metrics
-from driver_ranker.admin import AdminDenied, authorize
 from driver_ranker.config import get_settings
-from driver_ranker.errors import FeatureStoreUnavailable
-from driver_ranker.http_errors import RequestGuardMiddleware, ValidationErrorMiddleware
+from driver_ranker.errors import FeatureStoreUnavailable, ModelUnavailable
 from driver_ranker.logs import configure_logging
-from driver_ranker.schemas import InferenceRequest, InferenceResponse
+from driver_ranker.serving.admin import AdminDenied, authorize
+from driver_ranker.serving.http_errors import RequestGuardMiddleware, ValidationErrorMiddleware
+from driver_ranker.serving.keepalive import ConnectionRecycler
+from driver_ranker.serving.openapi import openapi_document
+from driver_ranker.serving.schemas import InferenceRequest, InferenceResponse
 
 settings = get_settings()
-routes = FastAPI(title="driver-ranker extras")
+# Mounted at "/": its routes are matched before BentoML's own /docs.json, and it serves no docs of its own.
+routes = FastAPI(title="driver-ranker", docs_url=None, redoc_url=None, openapi_url=None)
 
 
 @bentoml.service(
@@ -36,10 +41,15 @@ class DriverRanker:
     def __init__(self) -> None:
         # Imported here, not at the top: `bentoml serve` imports this file in its main process
         # too, which needs only the definitions above (Feast alone takes seconds to import).
-        from driver_ranker.ranker import Ranker
+        from driver_ranker.serving.lifecycle import stop_the_server
+        from driver_ranker.serving.ranker import Ranker
 
         configure_logging()
-        self.ranker = Ranker.start(settings)
+        try:
+            self.ranker = Ranker.start(settings)
+        except ModelUnavailable as exc:  # nothing to serve: stop, rather than restart workers forever
+            stop_the_server(exc)
+            raise
 
     @bentoml.on_startup
     async def follow_the_registry(self) -> None:
@@ -50,9 +60,12 @@ class DriverRanker:
         gc.collect()
         gc.freeze()
 
-    @bentoml.api(route="/inference")
-    async def inference(self, request: InferenceRequest, /) -> InferenceResponse:
+    # The body is InferenceRequest's JSON object, validated by BentoML; its fields as parameters
+    # let BentoML's clients call `client.inference(driver_ids=[...], request_id=...)`.
+    @bentoml.api(route="/inference", input_spec=InferenceRequest)
+    async def inference(self, driver_ids: list[int], request_id: str | None = None) -> InferenceResponse:
         """Ranks the given drivers by their probability of completing the trip."""
+        request = InferenceRequest.model_construct(driver_ids=driver_ids, request_id=request_id)
         try:
             return await self.ranker.answer(request)
         except FeatureStoreUnavailable as exc:
@@ -60,25 +73,39 @@ class DriverRanker:
             return JSONResponse({"error": f"{exc}; retry shortly"}, status_code=503)
 
     @routes.get("/model")
-    def model(self) -> dict:
+    def model(self) -> dict[str, Any]:
         """The models this worker serves, where they came from, and the registry's state."""
         return self.ranker.info()
 
     @routes.post("/admin/reload")
-    async def reload(self, authorization: str | None = Header(None)) -> JSONResponse:
+    async def reload(self, request: Request) -> JSONResponse:
         """Checks the registry now (needs `Authorization: Bearer <ADMIN_TOKEN>`)."""
         try:
-            authorize(settings, authorization)
+            authorize(settings, request.headers.get("authorization"))
         except AdminDenied as exc:
             return JSONResponse({"error": str(exc)}, status_code=exc.status)
         outcome = await asyncio.to_thread(self.ranker.manager.check, True)
         return JSONResponse({"worker_pid": os.getpid(), "roles": outcome})
 
     async def __is_ready__(self) -> bool:
-        return await self.ranker.manager.champion.reader.ping()
+        return await self.ranker.ready()
+
+
+@routes.get("/docs.json", include_in_schema=False)
+@functools.cache
+def openapi() -> dict[str, Any]:
+    """The OpenAPI document of the Swagger page at `/`: BentoML's, rewritten to describe driver-ranker."""
+    bento = str(DriverRanker.bento.tag) if DriverRanker.bento else None
+    return openapi_document(DriverRanker.openapi_spec.asdict(), settings, bento)
 
 
 DriverRanker.add_asgi_middleware(ValidationErrorMiddleware)
+DriverRanker.add_asgi_middleware(
+    ConnectionRecycler,
+    max_requests=settings.keepalive_max_requests,
+    max_age_s=settings.keepalive_max_age_s,
+    workers=settings.workers,
+)
 DriverRanker.add_asgi_middleware(
     RequestGuardMiddleware, max_body_bytes=settings.max_body_bytes, api_key=settings.api_key
 )

@@ -1,6 +1,6 @@
 """Batch scoring throughput and peak memory (`make bench` runs it after the HTTP loads).
 
-Each run is `driver_ranker.batch.run` in a fresh process, so its peak RSS is its own: 1M rows on
+Each run is `driver_ranker.jobs.batch.run` in a fresh process, so its peak RSS is its own: 1M rows on
 the configured offline store (DuckDB); 500k rows on it, to show how the peak follows the input at
 a fixed chunk size; and 100k rows on it and on Feast's `file` (Dask) offline store, side by side, to show what
 the offline store costs. Only feature_store.yaml differs between the last two.
@@ -16,10 +16,10 @@ import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from driver_ranker.batch import run
-from driver_ranker.bootstrap import prepare
 from driver_ranker.config import PROJECT_ROOT, Settings, get_settings
-from driver_ranker.data import generate_requests
+from driver_ranker.jobs.batch import run
+from driver_ranker.jobs.data import generate_requests
+from driver_ranker.ops.bootstrap import prepare
 
 OUT = PROJECT_ROOT / "artifacts" / "bench"
 
@@ -102,7 +102,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rows", type=int, default=1_000_000)
     args = parser.parse_args(argv)
     OUT.mkdir(parents=True, exist_ok=True)
-    results = batch_bench(prepare(get_settings()), args.rows)
+    settings = prepare(get_settings().model_copy(update={"demo_data": True}))  # the bench runs on demo data
+    results = batch_bench(settings, args.rows)
     (OUT / "batch.json").write_text(json.dumps(results, indent=2))
     print(table(results))
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import bentoml
 
 from driver_ranker.config import get_settings
-from driver_ranker.schemas import DriverScore, InferenceRequest, InferenceResponse, ModelRef
+from driver_ranker.serving.schemas import DriverScore, InferenceRequest, InferenceResponse, ModelRef
 
 settings = get_settings()
 CONSTANT = InferenceResponse(
@@ -14,6 +14,7 @@ CONSTANT = InferenceResponse(
     best_driver_id=1001,
     scores=[DriverScore(driver_id=1001, score=0.9)],
     unknown_driver_ids=[],
+    stale_driver_ids=[],
     model=ModelRef(name=settings.model_name, version="0", alias=settings.model_alias),
 )
 

@@ -1,5 +1,6 @@
-"""The course design (seeds/003), the benchmark's reference: per request Feast's SDK with
-`.to_dict()`, a pandas DataFrame, the scikit-learn model called on the DataFrame, argmax.
+"""The course design (the BentoML 1.0 + Feast + MLflow course service this project replaces), the
+benchmark's reference: per request Feast's SDK with `.to_dict()`, a pandas DataFrame, the
+scikit-learn model called on the DataFrame, argmax.
 
 Same model, same Redis, same request type as driver-ranker; only the request path differs.
 """
@@ -10,9 +11,9 @@ import bentoml
 import pandas as pd
 
 from driver_ranker.config import get_settings
-from driver_ranker.feature_store import open_store
-from driver_ranker.registry import load_alias
-from driver_ranker.schemas import InferenceRequest
+from driver_ranker.features.store import open_store
+from driver_ranker.model.registry import load_alias
+from driver_ranker.serving.schemas import InferenceRequest
 
 settings = get_settings()
 

@@ -2,8 +2,10 @@
 
 The three services run at once on the same Redis, registry and number of workers; each load
 (1, 5, 100 drivers; concurrency 1 and 16) is sent to each service in turn, from a separate process
-(wrk, or an asyncio client where wrk is missing), over several rounds. Medians over the rounds are
-reported, with the ratios. Also timed in-process: the feature read (direct vs Feast's SDK, checked
+(wrk, or an asyncio client where wrk is missing), over 5 rounds, each on fresh connections. Medians
+over the rounds are reported, with the ratios, the spread of throughput across rounds, and how the
+connections were spread over the workers in each run (sampled with `ss`); a cell whose busier worker
+held more than 60% of the connections in a round is flagged uneven. Also timed in-process: the feature read (direct vs Feast's SDK, checked
 equal), the server-side time of one request, and the cold start to /readyz. Last, batch scoring
 of 1M rows (bench/batch.py).
 """
@@ -28,14 +30,15 @@ import numpy as np
 
 from bench.batch import batch_bench
 from bench.batch import table as batch_table
-from driver_ranker.bootstrap import prepare
+from bench.connections import SplitSampler
 from driver_ranker.config import PROJECT_ROOT, get_settings
-from driver_ranker.data import FIRST_DRIVER_ID
-from driver_ranker.feature_store import open_store
-from driver_ranker.online_features import FeastSdkReader
-from driver_ranker.ranker import Ranker
-from driver_ranker.schemas import InferenceRequest
-from driver_ranker.stack import free_port, serve_until_ready, stop_process_group
+from driver_ranker.features.online import FeastSdkReader
+from driver_ranker.features.store import open_store
+from driver_ranker.jobs.data import FIRST_DRIVER_ID
+from driver_ranker.ops.bootstrap import prepare
+from driver_ranker.ops.stack import free_port, serve_until_ready, stop_process_group
+from driver_ranker.serving.ranker import Ranker
+from driver_ranker.serving.schemas import InferenceRequest
 
 OUT = PROJECT_ROOT / "artifacts" / "bench"
 SERVICES = {
@@ -45,6 +48,8 @@ SERVICES = {
 }
 SIZES = (1, 5, 100)
 CONCURRENCY = (1, 16)
+UNEVEN = 0.6
+"""A run whose busier worker held more than this share of the connections is uneven."""
 
 
 def body(size: int) -> dict:
@@ -179,6 +184,42 @@ def chart(results: dict, path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def summarize(rounds: list[dict]) -> dict:
+    """Medians over rounds, the throughput's spread ((max - min) / median) and the worker split."""
+    rps = [r["rps"] for r in rounds]
+    shares = [r["busier_share"] for r in rounds if r.get("busier_share") is not None]
+    return {m: statistics.median(r[m] for r in rounds) for m in ("rps", "p50_ms", "p99_ms")} | {
+        "errors": sum(r["errors"] for r in rounds),
+        "rps_spread": (max(rps) - min(rps)) / statistics.median(rps),
+        "busier_share": statistics.median(shares) if shares else None,
+        "uneven_rounds": sum(share > UNEVEN for share in shares),
+    }
+
+
+def balance_table(results: dict) -> str:
+    """Per cell at concurrency > 1: throughput spread across rounds and how the workers shared the
+    connections (busier worker's share, median over rounds; rounds over 60%)."""
+    load = results["load"]
+    lines = [
+        "| drivers | conc. | "
+        + " | ".join(f"{n}: spread, busier worker, uneven rounds" for n in SERVICES)
+        + " |",
+        "| ---: | ---: | " + " | ".join("---" for _ in SERVICES) + " |",
+    ]
+    for c in (c for c in CONCURRENCY if c > 1):
+        for s in SIZES:
+            cells = []
+            for n in SERVICES:
+                cell = load[n][f"{s}x{c}"]
+                flag = " **uneven**" if cell["uneven_rounds"] else ""
+                cells.append(
+                    f"{cell['rps_spread']:.0%}, {cell['busier_share']:.0%}, "
+                    f"{cell['uneven_rounds']}/{results['rounds']}{flag}"
+                )
+            lines.append(f"| {s} | {c} | {' | '.join(cells)} |")
+    return "\n".join(lines)
+
+
 def table(results: dict) -> str:
     load = results["load"]
     lines = [
@@ -201,13 +242,15 @@ def table(results: dict) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--repeats", type=int, default=500, help="in-process timing repeats")
     parser.add_argument("--batch-rows", type=int, default=1_000_000, help="batch scoring rows (0: skip)")
     args = parser.parse_args(argv)
     OUT.mkdir(parents=True, exist_ok=True)
-    settings = prepare(get_settings())
+    settings = prepare(
+        get_settings().model_copy(update={"demo_data": True})
+    )  # the benchmark runs on demo data
     load = load_wrk if shutil.which("wrk") else load_asyncio
     env = os.environ | {"WORKERS": str(settings.workers), "PYTHONWARNINGS": "ignore"}
 
@@ -227,7 +270,10 @@ def main(argv: list[str] | None = None) -> None:
                 for s in SIZES:
                     for name in names[round_ % 3 :] + names[: round_ % 3]:  # rotate who goes first
                         load(urls[name], s, c, 1.0)  # warm-up
-                        runs[name].setdefault(f"{s}x{c}", []).append(load(urls[name], s, c, args.seconds))
+                        port = int(urls[name].rsplit(":", 1)[1])
+                        with SplitSampler(port, settings.workers) as split:  # wrk connects afresh each run
+                            result = load(urls[name], s, c, args.seconds)
+                        runs[name].setdefault(f"{s}x{c}", []).append(result | split.summary())
             print(f"round {round_ + 1}/{args.rounds} done", flush=True)
     finally:
         for proc in procs.values():
@@ -242,21 +288,14 @@ def main(argv: list[str] | None = None) -> None:
         "seconds_per_run": args.seconds,
         "cold_start_s": cold,
         **timings,
-        "load": {
-            name: {
-                key: {m: statistics.median(r[m] for r in rs) for m in ("rps", "p50_ms", "p99_ms")}
-                | {"errors": sum(r["errors"] for r in rs)}
-                for key, rs in by_key.items()
-            }
-            for name, by_key in runs.items()
-        },
+        "load": {name: {key: summarize(rs) for key, rs in by_key.items()} for name, by_key in runs.items()},
         "runs": runs,
     }
     if args.batch_rows:
         results["batch"] = batch_bench(settings, args.batch_rows)
     (OUT / "results.json").write_text(json.dumps(results, indent=2))
     chart(results, OUT / "throughput.png")
-    markdown = table(results)
+    markdown = table(results) + "\n\n" + balance_table(results)
     (OUT / "table.md").write_text(markdown + "\n")
     print(
         f"\n{results['date']} on {results['machine']}, {results['workers']} workers, {results['load_tool']}"

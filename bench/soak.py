@@ -17,9 +17,9 @@ import httpx
 import psutil
 
 from bench.run import OUT, start
-from driver_ranker.bootstrap import prepare
 from driver_ranker.config import get_settings
-from driver_ranker.stack import stop_process_group
+from driver_ranker.ops.bootstrap import prepare
+from driver_ranker.ops.stack import stop_process_group
 
 # (kind, body, expected status); the mix repeats in this order.
 TRAFFIC = [
@@ -78,7 +78,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rate", type=float, default=200.0, help="requests per second")
     args = parser.parse_args(argv)
     OUT.mkdir(parents=True, exist_ok=True)
-    settings = prepare(get_settings())
+    settings = prepare(
+        get_settings().model_copy(update={"demo_data": True})
+    )  # the benchmark runs on demo data
     proc, url, _ = start("service:DriverRanker", os.environ | {"WORKERS": str(settings.workers)})
     try:
         server = psutil.Process(proc.pid)

@@ -1,6 +1,7 @@
 """Settings: every knob the service, the jobs and the tests read, in one typed class.
 
-Values come from the environment (or a `.env` file); defaults are those of DESIGN.md.
+Values come from the environment (or a `.env` file); the defaults are those README.md's Configuration
+table documents (tests/deployment/test_readme_defaults.py keeps the two equal).
 """
 
 from __future__ import annotations
@@ -33,6 +34,17 @@ class Settings(BaseSettings):
         "127.0.0.1:6379",
         description="Feast Redis online store, `host:port[,password=...,ssl=true,db=0]`.",
     )
+    redis_type: Literal["redis", "redis_cluster", "redis_sentinel"] = Field(
+        "redis", description="Feast's `redis_type`: a single Redis, a Redis Cluster, or Sentinel."
+    )
+    redis_sentinel_master: str = Field(
+        "mymaster", description="Master name the sentinels know (REDIS_TYPE=redis_sentinel)."
+    )
+    feature_reader: Literal["auto", "feast-sdk"] = Field(
+        "auto",
+        description="`auto`: the direct Redis reader where it applies, Feast's SDK otherwise; "
+        "`feast-sdk`: always Feast's SDK (to compare, or to rule the direct reader out).",
+    )
     feature_read_timeout_s: float = Field(
         0.25, gt=0, description="Bound on one online feature read; past it the request gets 503."
     )
@@ -50,6 +62,16 @@ class Settings(BaseSettings):
     )
     model_name: str = Field("driver-ranker", description="Registered model name.")
     model_alias: str = Field("champion", description="Alias the service serves.")
+    default_feature_service: str | None = Field(
+        None,
+        description="Feature service of a version whose tags, run and signature do not name one "
+        "(a version registered from MLflow's UI, say); unset refuses such versions.",
+    )
+    demo_data: bool = Field(
+        False,
+        description="Bootstrap writes synthetic data, features and a champion where none exist "
+        "(`make serve` turns it on; compose's init only with DEMO_DATA=true).",
+    )
 
     max_driver_ids: int = Field(1000, ge=1, description="Most driver ids one request may carry.")
     max_body_bytes: int = Field(65_536, ge=1024, description="Largest request body; past it, 413.")
@@ -57,6 +79,15 @@ class Settings(BaseSettings):
         64, ge=1, description="Requests in progress per service (split over workers); past it, 429."
     )
     request_timeout_s: float = Field(10.0, gt=0, description="BentoML's bound on one request.")
+    keepalive_max_requests: int = Field(
+        10_000, ge=1, description="Requests one keep-alive connection serves before it is closed."
+    )
+    keepalive_max_age_s: float = Field(
+        5.0,
+        gt=0,
+        description="Age past which a keep-alive connection is closed after its next answer: "
+        "clients reconnect and spread over the workers.",
+    )
     api_key: SecretStr | None = Field(None, description="If set, /inference needs `X-API-Key: <API_KEY>`.")
 
     registry_check_interval_s: float = Field(
@@ -65,8 +96,8 @@ class Settings(BaseSettings):
     registry_timeout_s: float = Field(5.0, gt=0, description="Bound on one call to an MLflow server.")
     bento_model_tag: str | None = Field(
         None,
-        description="Model in BentoML's store to start from when the registry is away "
-        "(set in the image by `make bento`; default `<model_name>:latest`).",
+        description="Model in BentoML's store to serve without a servable champion (unset: "
+        "`<model_name>:latest`; in the image, the model its Bento carries).",
     )
     canary_alias: str = Field("challenger", description="Alias of the canary model.")
     canary_percent: float = Field(0.0, ge=0, le=100, description="Share of requests the canary answers.")
@@ -77,7 +108,9 @@ class Settings(BaseSettings):
         100_000, ge=1, description="Rows per offline join in batch scoring; bounds its memory."
     )
 
-    @field_validator("admin_token", "api_key", "shadow_alias", "bento_model_tag", mode="before")
+    @field_validator(
+        "admin_token", "api_key", "shadow_alias", "bento_model_tag", "default_feature_service", mode="before"
+    )
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         """`ADMIN_TOKEN=` in an env file means no token, never an empty one that anybody can send."""
@@ -92,10 +125,6 @@ class Settings(BaseSettings):
     def feast_yaml(self) -> Path:
         name = "feature_store.yaml" if self.online_store == "redis" else "feature_store.sqlite.yaml"
         return self.feast_repo_path / name
-
-    def export_for_feast(self) -> None:
-        """Feast expands `${VAR}` in feature_store.yaml from the environment: hand it our value."""
-        os.environ["REDIS_CONNECTION_STRING"] = self.redis_connection_string
 
 
 @lru_cache

@@ -1,12 +1,18 @@
 """The service's own Prometheus metrics (prometheus_client, as BentoML asks), exported by BentoML
 at /metrics beside its own: BentoML runs prometheus_client in multiprocess mode across workers.
 
-Gauges are per worker process (BentoML adds a `pid` label), so each worker's model shows.
+Gauges are per live worker process (a `pid` label): each worker's model shows, and a dead
+worker's series go at the next start or registry check of any worker (`forget_dead_workers`).
 """
 
 from __future__ import annotations
 
+import glob
+import os
+import re
+
 from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client.multiprocess import mark_process_dead
 
 REQUESTS = Counter(
     name="driver_ranker_requests",
@@ -17,6 +23,19 @@ UNKNOWN_DRIVERS = Counter(
     name="driver_ranker_unknown_drivers",
     documentation="Requested drivers with no features in the online store.",
 )
+STALE_DRIVERS = Counter(
+    name="driver_ranker_stale_drivers",
+    documentation="Requested drivers whose features are older than the feature view's ttl (not scored).",
+)
+ALL_UNKNOWN = Counter(
+    name="driver_ranker_all_drivers_unknown",
+    documentation="Answered requests in which no driver had features (an empty online store shows here).",
+)
+FEATURE_AGE_SECONDS = Histogram(
+    name="driver_ranker_feature_age_seconds",
+    documentation="Age of the oldest features scored in each request (now minus Feast's event time).",
+    buckets=(60, 300, 900, 1800, 3600, 3 * 3600, 6 * 3600, 12 * 3600, 86400, 2 * 86400),
+)
 BEST_SCORE = Histogram(
     name="driver_ranker_best_score",
     documentation="Score of the best driver of each answered request, by model version.",
@@ -25,14 +44,16 @@ BEST_SCORE = Histogram(
 )
 FEATURE_READ_SECONDS = Histogram(
     name="driver_ranker_feature_read_seconds",
-    documentation="Time to read one request's features from the online store.",
+    documentation="Time to read one request's features from the online store, by outcome (ok, unavailable).",
+    labelnames=["outcome"],
     buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
 )
 
 MODEL_VERSION = Gauge(
     name="driver_ranker_model_version",
-    documentation="1 for the version a worker serves in a role (champion, canary, shadow), 0 once replaced.",
-    labelnames=["role", "name", "version", "alias"],
+    documentation="Registry version a worker serves in a role (champion, canary, shadow); 0: the role is off.",
+    labelnames=["role"],
+    multiprocess_mode="liveall",  # one series per live worker and role, whatever the swaps
 )
 MODEL_SWAPS = Counter(
     name="driver_ranker_model_swaps",
@@ -41,13 +62,19 @@ MODEL_SWAPS = Counter(
 )
 MODEL_REFUSALS = Counter(
     name="driver_ranker_model_refusals",
-    documentation="Versions refused because the online store does not serve their features, by role.",
+    documentation="Versions refused (cannot be loaded or prepared, or their features are not served), by role.",
     labelnames=["role"],
 )
 REGISTRY_CHECKS = Counter(
     name="driver_ranker_registry_checks",
-    documentation="Checks of the registry's aliases, by outcome (ok, unreachable).",
+    documentation="Checks of the registry's aliases, by outcome (ok, unreachable, denied).",
     labelnames=["outcome"],
+)
+CONNECTIONS_CLOSED = Counter(
+    name="driver_ranker_connections_closed",
+    documentation="Keep-alive connections closed to spread clients over workers, by reason "
+    "(requests, age, share: the worker held more than its fair share).",
+    labelnames=["reason"],
 )
 SHADOW = Counter(
     name="driver_ranker_shadow",
@@ -59,3 +86,32 @@ SHADOW_SCORE_DIFF = Histogram(
     documentation="Largest absolute score difference between shadow and served model in one request.",
     buckets=(0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0),
 )
+
+
+_LIVE_GAUGE_FILE = re.compile(r"gauge_live\w+?_(\d+)\.db$")
+
+
+def forget_dead_workers() -> None:
+    """Drops the gauge series of workers that died without saying so (a killed worker).
+
+    BentoML marks a worker dead only when it exits cleanly; prometheus_client keeps a live gauge's
+    file until someone does.
+    """
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not directory:
+        return
+    for path in glob.glob(os.path.join(directory, "gauge_live*.db")):
+        match = _LIVE_GAUGE_FILE.search(os.path.basename(path))
+        if match and not process_alive(int(match.group(1))):
+            mark_process_dead(int(match.group(1)), directory)
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process of this pid runs (a worker that died without saying so does not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, someone else's
+        return True
+    return True

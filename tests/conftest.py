@@ -9,8 +9,8 @@ import pytest
 import redis
 
 from driver_ranker.config import Settings
-from driver_ranker.data import DataSpec
-from driver_ranker.training import TrainingReport, train
+from driver_ranker.jobs.data import DataSpec
+from driver_ranker.jobs.training import TrainingReport, train
 from tests.support.stack import REDIS, make_feast_repo, repo_settings, teardown_repo
 
 

@@ -3,7 +3,7 @@ from datetime import UTC, datetime
 import numpy as np
 import pandas as pd
 
-from driver_ranker.data import FIRST_DRIVER_ID, DataSpec, generate, outcome_logit, write
+from driver_ranker.jobs.data import FIRST_DRIVER_ID, DataSpec, generate, outcome_logit, write
 
 SMALL = DataSpec(n_drivers=50, days=3, n_orders=4000, seed=7, end=datetime(2026, 1, 1, tzinfo=UTC))
 

@@ -2,9 +2,9 @@
 
 import pandas as pd
 
-from driver_ranker.data import ORDERS_FILE, STATS_FILE
-from driver_ranker.feature_store import open_store
-from driver_ranker.training import training_frame
+from driver_ranker.features.store import open_store
+from driver_ranker.jobs.data import ORDERS_FILE, STATS_FILE
+from driver_ranker.jobs.training import training_frame
 
 
 def test_training_rows_carry_the_statistics_of_their_order_time(feast_settings):

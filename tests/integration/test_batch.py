@@ -15,11 +15,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import driver_ranker.batch as batch
-from driver_ranker.batch import best_path_for, run
-from driver_ranker.data import FIRST_DRIVER_ID, STATS_FILE
+import driver_ranker.jobs.batch as batch
 from driver_ranker.errors import BadBatchInput, ModelUnavailable
-from driver_ranker.registry import connect
+from driver_ranker.jobs.batch import best_path_for, run
+from driver_ranker.jobs.data import FIRST_DRIVER_ID, STATS_FILE
+from driver_ranker.model.registry import connect
 from tests.support.stack import settings_env
 
 FEATURES = ["conv_rate", "acc_rate", "avg_daily_trips"]
@@ -202,7 +202,7 @@ def test_the_command_reports_figures_and_errors_without_a_traceback(settings, tm
     good.write_text(HEADER + GOOD * 3)
     bad.write_text(HEADER + GOOD + "r2,1002,\n")
     env = os.environ | settings_env(settings) | {"BATCH_CHUNK_ROWS": "2"}
-    command = [sys.executable, "-m", "driver_ranker.batch"]
+    command = [sys.executable, "-m", "driver_ranker.jobs.batch"]
 
     done = subprocess.run(
         [*command, good, tmp_path / "s.parquet", "--no-progress"], env=env, capture_output=True, text=True

@@ -18,7 +18,7 @@ def built_bento(tmp_path_factory, feast_settings, champion):
     home = tmp_path_factory.mktemp("bentoml-home")
     env = os.environ | settings_env(feast_settings) | {"BENTOML_HOME": str(home)}
     result = subprocess.run(
-        [sys.executable, "-m", "driver_ranker.packaging"],
+        [sys.executable, "-m", "driver_ranker.ops.packaging"],
         cwd=PROJECT_ROOT,
         env=env,
         capture_output=True,
@@ -42,12 +42,13 @@ def test_bento_names_and_carries_the_champion(built_bento, champion, tmp_path):
     (model,) = info["models"]
     name, version = model["tag"].split(":")
     assert name == "driver-ranker" and version.startswith(f"v{champion.version}-")
-    assert info["labels"]["champion_version"] == champion.version
 
+    # bentofile.yaml declares `models: [driver-ranker:latest]`: nothing names the tag in the image.
     dockerfile = (bento_dir / "env" / "docker" / "Dockerfile").read_text()
-    assert "ENV BENTO_MODEL_TAG=$BENTO_MODEL_TAG" in dockerfile
-    assert f"ARG BENTO_MODEL_TAG={model['tag']}" in dockerfile
+    assert "BENTO_MODEL_TAG" not in dockerfile
     assert "USER bentoml" in dockerfile and "EXPOSE 3000" in dockerfile
+    # No compiler, and requirements.lock installed as it is (deployment/bento.Dockerfile.j2).
+    assert "build-essential" not in dockerfile and "--no-deps" in dockerfile
 
     stored = bentoml(env, "models", "get", model["tag"], "-o", "yaml")
     assert stored.returncode == 0, stored.stderr
@@ -66,7 +67,7 @@ def test_bento_names_and_carries_the_champion(built_bento, champion, tmp_path):
 def test_bento_requirements_can_load_the_model(built_bento):
     _, bento_dir = built_bento
     requirements = (bento_dir / "env" / "python" / "requirements.txt").read_text().lower()
-    for package in ("mlflow==3.17.2", "skops==", "scikit-learn==1.9.1", "feast==0.67.0", "redis=="):
+    for package in ("mlflow-skinny==3.17.2", "skops==", "scikit-learn==1.9.1", "feast==0.67.0", "redis=="):
         assert package in requirements, package
     assert (bento_dir / "src" / "feature_repo" / "feature_store.yaml").exists()
     data = bento_dir / "src" / "feature_repo" / "data"

@@ -14,13 +14,14 @@ import httpx
 import pytest
 
 from driver_ranker.config import PROJECT_ROOT
-from driver_ranker.registry import connect
-from driver_ranker.release import promote, set_canary
-from driver_ranker.stack import mlflow_server
-from driver_ranker.training import train
+from driver_ranker.jobs.training import train
+from driver_ranker.model.registry import connect
+from driver_ranker.ops.release import promote, set_canary
+from driver_ranker.ops.stack import mlflow_server
+from tests.support.metrics import served_versions as metric_versions
 from tests.support.models import FailingModel, SleepyModel
 from tests.support.registry import FEATURES, register, register_logistic
-from tests.support.stack import free_port, ranker_server, repo_settings, settings_env
+from tests.support.stack import free_port, ranker_server, repo_settings, settings_env, wait_for
 
 INTERVAL = 2.0
 WORKERS = 2
@@ -52,18 +53,7 @@ def server(registry):
 
 def served_versions(url: str, role: str) -> Counter:
     """Versions a role serves across workers, from the per-worker gauge in /metrics."""
-    text = httpx.get(f"{url}/metrics", timeout=5).text
-    pattern = rf'driver_ranker_model_version\{{[^}}]*role="{role}",version="(\w+)"\}} 1.0'
-    return Counter(re.findall(pattern, text))
-
-
-def wait_for(condition, within: float, what: str) -> float:
-    started = time.monotonic()
-    while time.monotonic() - started < within:
-        if condition():
-            return time.monotonic() - started
-        time.sleep(0.1)
-    pytest.fail(f"not within {within}s: {what}")
+    return Counter(metric_versions(httpx.get(f"{url}/metrics", timeout=5).text, role).values())
 
 
 def test_champion_moves_under_load_without_a_failed_request(server, registry):
@@ -199,7 +189,7 @@ def test_registry_away_at_start_serves_the_bento_model_then_moves_to_the_registr
     home = tmp_path / "bentoml-home"
     env = settings_env(settings) | {"BENTOML_HOME": str(home)}
     imported = subprocess.run(
-        [sys.executable, "-c", "from driver_ranker.config import get_settings; from driver_ranker.packaging "
+        [sys.executable, "-c", "from driver_ranker.config import get_settings; from driver_ranker.ops.packaging "
          "import import_champion; print(import_champion(get_settings()).tag)"],
         cwd=PROJECT_ROOT, env=os.environ | env, capture_output=True, text=True, check=True,
     )  # fmt: skip
@@ -210,6 +200,7 @@ def test_registry_away_at_start_serves_the_bento_model_then_moves_to_the_registr
     with ranker_server(away, workers=1, extra_env=extra) as url:
         info = httpx.get(f"{url}/model").json()
         assert info["source"] == "bento-store" and info["version"] == v2 and info["registry_error"]
+        assert info["registry_state"] == "unreachable"
         assert httpx.post(f"{url}/inference", json=BODY).status_code == 200
         assert httpx.post(f"{url}/admin/reload").status_code == 404  # no ADMIN_TOKEN: admin is off
 
@@ -221,7 +212,7 @@ def test_registry_away_at_start_serves_the_bento_model_then_moves_to_the_registr
                 "moved to registry",
             )
             info = httpx.get(f"{url}/model").json()
-            assert info["version"] == v2 and info["registry_error"] is None
+            assert info["version"] == v2 and info["registry_error"] is None and info["registry_state"] == "ok"
 
         # The registry goes away again: the loaded model keeps serving, and /model says why.
         wait_for(lambda: httpx.get(f"{url}/model").json()["registry_error"], 5 * INTERVAL, "outage noticed")

@@ -7,14 +7,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from driver_ranker.data import STATS_FILE
 from driver_ranker.errors import DependencyUnavailable, FeatureStoreUnavailable, MissingFeatures
-from driver_ranker.feature_store import apply, materialize, open_store, require_redis
-from driver_ranker.online_features import (
+from driver_ranker.features.online import (
     FeastSdkReader,
     RedisFeatureReader,
     open_reader,
 )
+from driver_ranker.features.store import apply, materialize, open_store, require_redis
+from driver_ranker.jobs.data import STATS_FILE
 from tests.support.stack import free_port, repo_settings
 
 FEATURES = ("conv_rate", "acc_rate", "avg_daily_trips")
@@ -42,8 +42,15 @@ def test_direct_reader_equals_feast_sdk(feast_settings, ids):
     a, b = asyncio.run(direct.read(ids)), asyncio.run(sdk.read(ids))
     assert a.driver_ids == b.driver_ids and a.unknown_ids == b.unknown_ids
     assert a.unknown_ids == [i for i in ids if i < 1001 or i > 2000]
+    assert a.stale_ids == b.stale_ids == []  # the generated data ends at midnight: within the 2-day ttl
     np.testing.assert_array_equal(a.matrix, b.matrix)
     assert a.matrix.shape == (len(a.driver_ids), 3)
+    # The latest statistics of every driver are of the last hour before midnight UTC.
+    stats = pd.read_parquet(feast_settings.feast_repo_path / "data" / STATS_FILE)
+    expected = time.time() - stats["event_timestamp"].max().timestamp()
+    for ages in (a.ages_s, b.ages_s):
+        assert ages.shape == (len(a.driver_ids),)
+        np.testing.assert_allclose(ages, expected, atol=5)
 
 
 def test_reader_follows_the_model_feature_order(feast_settings):
@@ -51,12 +58,37 @@ def test_reader_follows_the_model_feature_order(feast_settings):
     order = ("avg_daily_trips", "conv_rate", "acc_rate")
     a = asyncio.run(RedisFeatureReader(store, SERVICE, order, 1.0).read([1001]))
     b = asyncio.run(RedisFeatureReader(store, SERVICE, FEATURES, 1.0).read([1001]))
+    c = asyncio.run(FeastSdkReader(store, SERVICE, order, 1.0).read([1001]))
     np.testing.assert_array_equal(a.matrix[0], b.matrix[0][[2, 0, 1]])
+    np.testing.assert_array_equal(a.matrix, c.matrix)
 
 
-def test_a_feature_the_service_does_not_serve_is_refused(feast_settings):
+def test_a_driver_asked_twice_counts_once(feast_settings):
+    store = open_store(feast_settings)
+    for reader in (
+        RedisFeatureReader(store, SERVICE, FEATURES, 1.0),
+        FeastSdkReader(store, SERVICE, FEATURES, 1.0),
+    ):
+        rows = asyncio.run(reader.read([1002, 1001, 1002, 99999, 99999]))
+        assert (rows.driver_ids, rows.unknown_ids, rows.matrix.shape) == ([1002, 1001], [99999], (2, 3))
+
+
+@pytest.mark.parametrize("force_sdk", [False, True])
+def test_a_feature_the_service_does_not_serve_is_refused_by_every_reader(feast_settings, force_sdk):
     with pytest.raises(MissingFeatures, match="surge_factor"):
-        open_reader(open_store(feast_settings), SERVICE, (*FEATURES, "surge_factor"), 1.0)
+        open_reader(
+            open_store(feast_settings), SERVICE, (*FEATURES, "surge_factor"), 1.0, force_sdk=force_sdk
+        )
+    with pytest.raises(MissingFeatures, match="no_such_service"):
+        open_reader(open_store(feast_settings), "no_such_service", FEATURES, 1.0, force_sdk=force_sdk)
+
+
+def test_feature_reader_setting_forces_the_sdk(feast_settings):
+    store = open_store(feast_settings)
+    assert isinstance(open_reader(store, SERVICE, FEATURES, 1.0), RedisFeatureReader)
+    reader = open_reader(store, SERVICE, FEATURES, 1.0, force_sdk=True)
+    assert isinstance(reader, FeastSdkReader)
+    assert asyncio.run(reader.read([1001])).driver_ids == [1001]
 
 
 def test_sqlite_online_store_is_read_through_the_sdk_with_the_same_values(feast_settings):
@@ -69,17 +101,27 @@ def test_sqlite_online_store_is_read_through_the_sdk_with_the_same_values(feast_
     on_redis = asyncio.run(RedisFeatureReader(open_store(feast_settings), SERVICE, FEATURES, 1.0).read(ids))
     assert on_sqlite.unknown_ids == on_redis.unknown_ids == [99999]
     np.testing.assert_array_equal(on_sqlite.matrix, on_redis.matrix)
+    np.testing.assert_allclose(on_sqlite.ages_s, on_redis.ages_s, atol=5)
+    assert asyncio.run(reader.readiness()) is None
 
 
 def test_redis_that_does_not_answer_fails_fast_with_its_address(feast_settings):
     address = f"127.0.0.1:{free_port()}"
     settings = repo_settings(feast_settings.feast_repo_path, redis=address)
     store = open_store(settings)
-    reader = RedisFeatureReader(store, SERVICE, FEATURES, 0.25)
-    started = time.monotonic()
-    with pytest.raises(FeatureStoreUnavailable, match=address):
-        asyncio.run(reader.read([1001]))
-    assert time.monotonic() - started < 1.0
-    assert asyncio.run(reader.ping()) is False
+    for reader in (
+        RedisFeatureReader(store, SERVICE, FEATURES, 0.25),
+        FeastSdkReader(store, SERVICE, FEATURES, 0.25),
+    ):
+
+        async def read_then_probe(reader=reader):
+            started = time.monotonic()
+            with pytest.raises(FeatureStoreUnavailable, match=address):
+                await reader.read([1001])
+            assert time.monotonic() - started < 1.0
+            return await reader.readiness()
+
+        reason = asyncio.run(read_then_probe())
+        assert reason is not None and address in reason and "does not answer" in reason
     with pytest.raises(DependencyUnavailable, match=f"{address}.*redis-server"):
         require_redis(store)

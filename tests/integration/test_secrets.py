@@ -3,7 +3,7 @@
 
 import httpx
 
-from driver_ranker.data import DataSpec
+from driver_ranker.jobs.data import DataSpec
 from tests.support.stack import make_feast_repo, ranker_server, redis_server, repo_settings
 
 REDIS_PASSWORD = "redis-pw-7c1f0e"

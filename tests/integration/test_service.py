@@ -1,14 +1,13 @@
 """The service over real HTTP: `bentoml serve` on a free port, real Redis, a real MLflow registry."""
 
-import re
-
 import mlflow
 import pandas as pd
 import pytest
 
-from driver_ranker.feature_store import FEATURE_SERVICE, open_store
-from driver_ranker.registry import connect
-from driver_ranker.schemas import EXAMPLE_REQUEST
+from driver_ranker.features.store import FEATURE_SERVICE, open_store
+from driver_ranker.model.registry import connect
+from driver_ranker.serving.schemas import EXAMPLE_REQUEST
+from tests.support.metrics import served_versions
 
 FEATURES = ["conv_rate", "acc_rate", "avg_daily_trips"]
 
@@ -34,7 +33,8 @@ def test_example_request_ranks_like_an_independent_computation(client, feast_set
     assert body["request_id"] == EXAMPLE_REQUEST["request_id"]
     assert body["model"] == {"name": "driver-ranker", "version": champion.version, "alias": "champion"}
     assert {s["driver_id"]: s["score"] for s in body["scores"]} == pytest.approx(expected, rel=1e-9)
-    assert [s["score"] for s in body["scores"]] == sorted(expected.values(), reverse=True)
+    # Best first: the order of the independent scores (equal to within 1e-12, not to the last bit).
+    assert [s["driver_id"] for s in body["scores"]] == sorted(expected, key=expected.get, reverse=True)
     assert body["best_driver_id"] == max(expected, key=expected.get)
     assert body["unknown_driver_ids"] == []
 
@@ -54,6 +54,7 @@ def test_no_known_driver_gives_null_best(client):
         "best_driver_id": None,
         "scores": [],
         "unknown_driver_ids": [1, 2],
+        "stale_driver_ids": [],
         "model": None,
     }
 
@@ -106,11 +107,8 @@ def test_probes_and_metrics(client, champion):
     ):
         assert name in metrics, name
     # One gauge per worker process: the version each worker serves.
-    served = re.findall(
-        r'driver_ranker_model_version\{alias="champion",name="driver-ranker",pid="\d+",role="champion",version="(\w+)"\} 1.0',
-        metrics,
-    )
-    assert served and set(served) == {champion.version}
+    served = served_versions(metrics)
+    assert served and set(served.values()) == {champion.version}
 
 
 def test_swagger_document_carries_a_working_example(client):

@@ -7,9 +7,18 @@ import httpx
 import pytest
 from mlflow import MlflowClient
 
-from driver_ranker.data import DataSpec
-from driver_ranker.stack import drop_postgres_database, mlflow_server, mlflow_works, postgres_backend
-from driver_ranker.training import TrainOptions, train
+from driver_ranker.config import Settings
+from driver_ranker.jobs.data import DataSpec
+from driver_ranker.jobs.training import TrainOptions, train
+from driver_ranker.ops import bootstrap
+from driver_ranker.ops.stack import (
+    bootstrap_env,
+    drop_postgres_database,
+    mlflow_server,
+    mlflow_works,
+    postgres_backend,
+)
+from tests.integration.test_bootstrap import driver_keys, empty_feast_repo
 from tests.support.stack import free_port, make_feast_repo, ranker_server, repo_settings, teardown_repo
 
 
@@ -57,5 +66,24 @@ def test_train_through_the_server_and_serve_its_champion(tmp_path, mlflow_url):
             }
             assert answer["unknown_driver_ids"] == [77] and len(answer["scores"]) == 2
             assert httpx.get(f"{url}/model", timeout=5).json()["version"] == report.version
+    finally:
+        teardown_repo(settings)
+
+
+def test_make_stack_runs_its_init_step_with_demo_data_unless_told_otherwise():
+    # `make stack` starts a fresh MLflow server: without the demo's champion nothing would serve.
+    assert Settings(_env_file=None, demo_data=bootstrap_env({"PATH": "/bin"})["DEMO_DATA"]).demo_data
+    assert bootstrap_env({"DEMO_DATA": "false"})["DEMO_DATA"] == "false"
+    assert bootstrap_env({"PATH": "/bin"})["PATH"] == "/bin"
+
+
+def test_init_against_an_existing_server_registers_nothing_without_demo_data(tmp_path, mlflow_url):
+    # Compose's default: init pointed at an MLflow server (and Redis) it must not fill with demo data.
+    repo = empty_feast_repo(tmp_path / "init")
+    settings = repo_settings(repo).model_copy(update={"mlflow_tracking_uri": mlflow_url, "demo_data": False})
+    try:
+        bootstrap.prepare(settings)
+        assert MlflowClient(mlflow_url, mlflow_url).search_registered_models() == []
+        assert driver_keys(settings) == 0
     finally:
         teardown_repo(settings)

@@ -8,10 +8,10 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import FunctionTransformer, MinMaxScaler, StandardScaler
 
-from driver_ranker.data import STATS_FILE
-from driver_ranker.online_features import FeatureRows
-from driver_ranker.ranking import compile_scorer, rank
-from driver_ranker.registry import load_alias
+from driver_ranker.features.online import FeatureRows
+from driver_ranker.jobs.data import STATS_FILE
+from driver_ranker.model.registry import load_alias
+from driver_ranker.model.scoring import compile_scorer, rank
 
 
 @pytest.fixture(scope="module")

@@ -3,8 +3,8 @@
 import pytest
 from mlflow.exceptions import MlflowException
 
-from driver_ranker.registry import connect, version_for_alias
-from driver_ranker.release import PREVIOUS_ALIAS, promote, rollback, set_canary
+from driver_ranker.model.registry import connect, version_for_alias
+from driver_ranker.ops.release import PREVIOUS_ALIAS, promote, rollback, set_canary
 from tests.support.registry import register_logistic
 from tests.support.stack import repo_settings
 

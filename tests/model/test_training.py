@@ -1,13 +1,16 @@
 """Training registers versions in a real MLflow registry (SQLite in a temporary folder)."""
 
+import shutil
+
 import mlflow
 import pandas as pd
 import pytest
 
-from driver_ranker.data import ORDERS_FILE, DataSpec
-from driver_ranker.feature_store import FEATURE_SERVICE, require_data
-from driver_ranker.registry import FEATURE_SERVICE_TAG, connect, load_alias, version_for_alias
-from driver_ranker.training import TrainOptions, train
+from driver_ranker.config import PROJECT_ROOT
+from driver_ranker.features.store import FEATURE_SERVICE, require_data
+from driver_ranker.jobs.data import ORDERS_FILE, DataSpec
+from driver_ranker.jobs.training import TrainOptions, train
+from driver_ranker.model.registry import FEATURE_SERVICE_TAG, connect, load_alias, version_for_alias
 from tests.support.stack import make_feast_repo, repo_settings, teardown_repo
 
 FEATURES = ["conv_rate", "acc_rate", "avg_daily_trips"]
@@ -70,6 +73,10 @@ def test_single_class_orders_fail_before_anything_is_registered(tmp_path):
         teardown_repo(settings)
 
 
-def test_missing_data_names_the_make_target(tmp_path):
-    with pytest.raises(FileNotFoundError, match="make data"):
-        require_data(tmp_path)
+def test_missing_data_names_the_file_and_the_make_target(tmp_path):
+    repo = tmp_path / "feature_repo"
+    repo.mkdir()
+    for name in ("driver_repo.py", "feature_store.yaml"):
+        shutil.copy(PROJECT_ROOT / "feature_repo" / name, repo)
+    with pytest.raises(FileNotFoundError, match=r"data/driver_stats.parquet missing: run `make data`"):
+        require_data(repo_settings(repo))

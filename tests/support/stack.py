@@ -7,16 +7,19 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
+
 from driver_ranker.config import PROJECT_ROOT, Settings
-from driver_ranker.data import DataSpec, write
-from driver_ranker.feature_store import apply, materialize
-from driver_ranker.stack import free_port, serve_until_ready, stop_process_group
+from driver_ranker.features.store import apply, materialize
+from driver_ranker.jobs.data import DataSpec, write
+from driver_ranker.ops.stack import free_port, serve_until_ready, stop_process_group
 
 REDIS = "127.0.0.1:6379"
 
@@ -59,7 +62,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
 
 def teardown_repo(settings: Settings) -> None:
     """Removes what the repo wrote to Redis (Feast deletes its project's keys) and its files."""
-    from driver_ranker.feature_store import open_store
+    from driver_ranker.features.store import open_store
 
     open_store(settings).teardown()
 
@@ -117,10 +120,17 @@ def start_ranker(
     Its output goes to ranker-<port>.log beside the Feast repo.
     """
     port = free_port()
-    env = (
-        os.environ | settings_env(settings) | {"WORKERS": str(workers), "PORT": str(port)} | (extra_env or {})
-    )
     log_path = settings.feast_repo_path.parent / f"ranker-{port}.log"
+    # BentoML empties $BENTOML_HOME/prometheus_multiproc_dir when a server starts: servers that
+    # share a home wipe each other's metrics. Each test server gets its own (and an empty model store).
+    home = {"BENTOML_HOME": str(settings.feast_repo_path.parent / f"bentoml-{port}")}
+    env = (
+        os.environ
+        | settings_env(settings)
+        | home
+        | {"WORKERS": str(workers), "PORT": str(port)}
+        | (extra_env or {})
+    )
     proc = serve_until_ready("service:DriverRanker", port, env, log_path, ready_timeout)
     return proc, f"http://127.0.0.1:{port}"
 
@@ -135,3 +145,21 @@ def ranker_server(
         yield url
     finally:
         stop_process_group(proc, grace_s=20)
+
+
+def use_definitions_of(repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Feast imports a repo's definitions by module name, from the first folder on sys.path that
+    has one (it appends each repo it applies): without this, an edited driver_repo.py would lose to
+    the copy an earlier test applied."""
+    monkeypatch.delitem(sys.modules, "driver_repo", raising=False)
+    monkeypatch.syspath_prepend(str(repo))
+
+
+def wait_for(condition: Callable[[], object], within: float, what: str, poll_s: float = 0.1) -> float:
+    """Seconds until `condition()` is true; fails the test, saying `what`, after `within` seconds."""
+    started = time.monotonic()
+    while time.monotonic() - started < within:
+        if condition():
+            return time.monotonic() - started
+        time.sleep(poll_s)
+    pytest.fail(f"not within {within}s: {what}")

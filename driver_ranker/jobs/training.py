@@ -1,6 +1,6 @@
 """Training: point-in-time rows from Feast, a scikit-learn classifier, an MLflow version.
 
-`python -m driver_ranker.training` (`make train`) trains, registers a version of `driver-ranker`,
+`python -m driver_ranker.jobs.training` (`make train`) trains, registers a version of `driver-ranker`,
 and moves the `champion` alias to it only when it passes the quality gate and is no worse than
 the current champion on the same holdout.
 """
@@ -26,9 +26,9 @@ from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import FunctionTransformer, StandardScaler
 
 from driver_ranker.config import PROJECT_ROOT, Settings, get_settings
-from driver_ranker.data import ORDERS_FILE
-from driver_ranker.feature_store import FEATURE_SERVICE, historical_features, open_store, require_data
-from driver_ranker.registry import FEATURE_SERVICE_TAG, connect, load_version, version_for_alias
+from driver_ranker.features.store import FEATURE_SERVICE, historical_features, open_store, require_data
+from driver_ranker.jobs.data import ORDERS_FILE
+from driver_ranker.model.registry import FEATURE_SERVICE_TAG, connect, load_version, version_for_alias
 
 logger = logging.getLogger(__name__)
 
@@ -102,9 +102,12 @@ def evaluate(estimator: Pipeline, holdout: pd.DataFrame, features: list[str]) ->
 
 
 def _git_commit() -> str:
-    result = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True
-    )
+    try:
+        result = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True
+        )
+    except OSError:  # no git at all: the image (compose's init job trains there)
+        return "unknown"
     return result.stdout.strip() or "unknown"
 
 
@@ -152,7 +155,7 @@ def champion_decision(
 def train(settings: Settings, options: TrainOptions = TrainOptions()) -> TrainingReport:
     timings: dict[str, float] = {}
     started = time.perf_counter()
-    require_data(settings.feast_repo_path)
+    require_data(settings)
     store = open_store(settings)
     orders = pd.read_parquet(settings.feast_repo_path / "data" / ORDERS_FILE)
     rows, service_features = training_frame(store, orders)

@@ -12,7 +12,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer, StandardScaler
 
-from driver_ranker.online_features import FeatureRows
+from driver_ranker.features.online import FeatureRows
 
 logger = logging.getLogger(__name__)
 

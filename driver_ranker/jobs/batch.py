@@ -1,7 +1,7 @@
 """Batch scoring: requests from a file, point-in-time features from Feast's offline store, the same
 model and feature order as the online service, scores to Parquet.
 
-`python -m driver_ranker.batch INPUT OUTPUT` (`make batch`, `driver-ranker-batch`) reads CSV or
+`python -m driver_ranker.jobs.batch INPUT OUTPUT` (`make batch`, `driver-ranker-batch`) reads CSV or
 Parquet rows of (request_id, driver_id, event_timestamp) in chunks, joins each chunk to the model's
 feature service as of each row's time through whichever offline store feature_store.yaml names,
 scores it with the champion (or `--version N`) and writes two Parquet files: every row with its
@@ -30,10 +30,11 @@ from tqdm import tqdm
 
 from driver_ranker.config import Settings, get_settings
 from driver_ranker.errors import BadBatchInput, MissingFeatures, ModelUnavailable
-from driver_ranker.feature_store import historical_features, open_store
-from driver_ranker.online_features import JOIN_KEY, service_features
-from driver_ranker.ranking import Scorer, compile_scorer
-from driver_ranker.registry import LoadedModel, load_alias, load_numbered
+from driver_ranker.features.layout import service_features
+from driver_ranker.features.online import JOIN_KEY
+from driver_ranker.features.store import historical_features, open_store
+from driver_ranker.model.registry import LoadedModel, load_alias, load_numbered, resolve_feature_service
+from driver_ranker.model.scoring import Scorer, compile_scorer
 
 REQUEST_COLUMNS = ("request_id", JOIN_KEY, "event_timestamp")
 _ROW = "_row"  # position in the input: the order of the output, and who wins a tie
@@ -52,6 +53,7 @@ class BatchModel:
     def load(cls, settings: Settings, store: FeatureStore, version: str | None = None) -> BatchModel:
         """The champion (or version `version`), checked against the feature service as online."""
         model = load_numbered(settings, version) if version else load_alias(settings)
+        model = resolve_feature_service(model, store, settings.default_feature_service)
         service_features(store, model.feature_service, model.feature_names)  # raises MissingFeatures
         score, _ = compile_scorer(model.estimator, len(model.feature_names))
         return cls(model, score, store.get_feature_service(model.feature_service))

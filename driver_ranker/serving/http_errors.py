@@ -14,7 +14,7 @@ from starlette.datastructures import Headers
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from driver_ranker.admin import secret_matches
+from driver_ranker.serving.admin import bearer_token, secret_matches
 
 
 def validation_message(detail: list[dict[str, Any]]) -> str:
@@ -71,9 +71,19 @@ def _reject(status: int, message: str) -> Response:
     return JSONResponse({"error": message}, status_code=status)
 
 
+def is_json(content_type: str | None) -> bool:
+    """Whether a request's Content-Type is JSON's, or absent (BentoML then reads JSON too)."""
+    media_type = (content_type or "").partition(";")[0].strip().lower()
+    return media_type in ("", "application/json")
+
+
 class RequestGuardMiddleware:
-    """Refuses, before BentoML reads a body: bodies over MAX_BODY_BYTES (413, chunked ones too),
-    and /inference without the API key when API_KEY is set (401)."""
+    """Refuses, before BentoML reads a body: /inference without the API key when API_KEY is set
+    (401), bodies over MAX_BODY_BYTES (413, chunked ones too), and /inference bodies that are not
+    JSON (415; BentoML would parse a form or multipart body, and answer the latter with a 500).
+
+    The key is taken from `X-API-Key` or as `Authorization: Bearer <API_KEY>`, which is what
+    BentoML's own clients send (`bentoml.SyncHTTPClient(url, token=...)`)."""
 
     def __init__(self, app: ASGIApp, max_body_bytes: int, api_key: SecretStr | None) -> None:
         self.app = app
@@ -85,9 +95,17 @@ class RequestGuardMiddleware:
             await self.app(scope, receive, send)
             return
         headers = Headers(scope=scope)
-        guarded = self.api_key is not None and scope["path"] == "/inference"
-        if guarded and not secret_matches(self.api_key, headers.get("x-api-key")):
-            await _reject(401, "send the API key in the X-API-Key header")(scope, receive, send)
+        inference = scope["path"] == "/inference"
+        if inference and self.api_key is not None:
+            presented = headers.get("x-api-key") or bearer_token(headers.get("authorization"))
+            if not secret_matches(self.api_key, presented):
+                message = "send the API key in the X-API-Key header (or as Authorization: Bearer <key>)"
+                await _reject(401, message)(scope, receive, send)
+                return
+        if inference and scope["method"] == "POST" and not is_json(headers.get("content-type")):
+            await _reject(415, "send the body as JSON, with Content-Type: application/json")(
+                scope, receive, send
+            )
             return
         too_large = _reject(413, f"the body is larger than {self.max_body_bytes} bytes")
         declared = headers.get("content-length")

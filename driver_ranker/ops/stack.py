@@ -1,9 +1,10 @@
 """The compose deployment as local processes: Redis, an `mlflow server`, the init job, the ranker.
 
-`python -m driver_ranker.stack` (`make stack`) runs what deployment/docker-compose.yml runs, on
+`python -m driver_ranker.ops.stack` (`make stack`) runs what deployment/docker-compose.yml runs, on
 machines without Docker: the MLflow server keeps its runs in the local PostgreSQL when one answers
 on 127.0.0.1:5432 (SQLite otherwise) and serves artifacts itself; training registers through it
-over HTTP, and the ranker loads its champion from it over HTTP.
+over HTTP, and the ranker loads its champion from it over HTTP. It is a local demo, so the init step
+runs with DEMO_DATA on (synthetic data and a champion) unless DEMO_DATA is set otherwise.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -25,7 +26,7 @@ import httpx
 
 from driver_ranker.config import PROJECT_ROOT, get_settings
 
-logger = logging.getLogger("driver_ranker.stack")
+logger = logging.getLogger("driver_ranker.ops.stack")
 
 # The Host headers the server accepts: the compose service name and the loopback names.
 ALLOWED_HOSTS = "mlflow,mlflow:5000,localhost,localhost:*,127.0.0.1,127.0.0.1:*"
@@ -147,6 +148,15 @@ def stop_process_group(proc: subprocess.Popen, grace_s: float = 15) -> None:
             proc.wait()
 
 
+def bootstrap_env(environ: Mapping[str, str]) -> dict[str, str]:
+    """The init and ranker step's environment: DEMO_DATA on unless `environ` sets it.
+
+    `make stack` is a local demo on a fresh server, so it needs the synthetic data and champion that
+    compose's init only creates when asked (there it guards an existing Redis or MLflow).
+    """
+    return dict(environ) | {"DEMO_DATA": environ.get("DEMO_DATA", "true")}
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mlflow-port", type=int, default=5000)
@@ -160,9 +170,9 @@ def main(argv: list[str] | None = None) -> None:
         os.environ["MLFLOW_TRACKING_URI"] = url
         get_settings.cache_clear()
         logger.info("mlflow server at %s (UI and registry)", url)
-        command = [sys.executable, "-m", "driver_ranker.bootstrap", "serve"]
+        command = [sys.executable, "-m", "driver_ranker.ops.bootstrap", "serve"]
         with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C stops the ranker, then the server
-            subprocess.run(command, cwd=PROJECT_ROOT, check=False)
+            subprocess.run(command, cwd=PROJECT_ROOT, env=bootstrap_env(os.environ), check=False)
 
 
 if __name__ == "__main__":

@@ -19,9 +19,14 @@ def authorize(settings: Settings, authorization: str | None) -> None:
     """Raises AdminDenied (404 when the admin routes are off, 401 without the right token)."""
     if settings.admin_token is None:
         raise AdminDenied(404, "admin routes are off: set ADMIN_TOKEN to turn them on")
-    scheme, _, token = (authorization or "").partition(" ")
-    if scheme.lower() != "bearer" or not secret_matches(settings.admin_token, token.strip()):
+    if not secret_matches(settings.admin_token, bearer_token(authorization)):
         raise AdminDenied(401, "send Authorization: Bearer <ADMIN_TOKEN>")
+
+
+def bearer_token(authorization: str | None) -> str | None:
+    """The token of an `Authorization: Bearer <token>` header (the scheme in any letter case), else None."""
+    scheme, _, token = (authorization or "").partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else None
 
 
 def secret_matches(expected: SecretStr, presented: str | None) -> bool:

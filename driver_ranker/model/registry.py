@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import mlflow
 from mlflow import MlflowClient
@@ -14,7 +14,10 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
 from driver_ranker.config import Settings
-from driver_ranker.errors import ModelUnavailable
+from driver_ranker.errors import MissingFeatures, ModelUnavailable
+
+if TYPE_CHECKING:
+    from feast import FeatureStore
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +35,8 @@ class LoadedModel:
     run_id: str
     feature_names: tuple[str, ...]
     """Input order of the model, from its signature."""
-    feature_service: str
+    feature_service: str | None
+    """Feast feature service the model reads; None until `resolve_feature_service` settles it."""
     estimator: Any = field(repr=False)
     """The native scikit-learn estimator (`predict_proba`)."""
     loaded_at: datetime = field(default_factory=lambda: datetime.now(UTC))
@@ -67,7 +71,7 @@ def load_from_bento_store(tag: str, alias: str) -> LoadedModel:
         alias=alias,
         run_id=stored.info.metadata.get("run_id", ""),
         feature_names=tuple(signature.inputs.input_names()),
-        feature_service=stored.info.metadata[FEATURE_SERVICE_TAG],
+        feature_service=stored.info.metadata.get(FEATURE_SERVICE_TAG) or None,
         estimator=mlflow.sklearn.load_model(path),
         source="bento-store",
     )
@@ -84,23 +88,62 @@ def version_for_alias(client: MlflowClient, name: str, alias: str) -> ModelVersi
 
 
 def load_version(client: MlflowClient, version: ModelVersion, alias: str) -> LoadedModel:
-    """Loads a version with its scikit-learn flavour and reads its feature order and service."""
+    """Loads a version with its scikit-learn flavour and reads its feature order and service.
+
+    The feature service comes from the version's tag, else its run's tag (a version registered from
+    MLflow's UI or by `mlflow.register_model` carries only the run's); it is None when neither
+    names one, for `resolve_feature_service` to settle. Raises ModelUnavailable (no signature),
+    MlflowException (no scikit-learn flavour, an artifact that cannot be fetched) or the registry's
+    own errors.
+    """
     uri = f"models:/{version.name}/{version.version}"
     signature = mlflow.models.get_model_info(uri).signature
-    if signature is None:
+    if signature is None or signature.inputs is None:
         raise ModelUnavailable(f"{uri} has no signature: the feature order is unknown")
     feature_service = version.tags.get(FEATURE_SERVICE_TAG)
-    if not feature_service:
-        raise ModelUnavailable(f"{uri} has no {FEATURE_SERVICE_TAG!r} tag: the features are unknown")
+    if not feature_service and version.run_id:
+        feature_service = client.get_run(version.run_id).data.tags.get(FEATURE_SERVICE_TAG)
     return LoadedModel(
         name=version.name,
         version=str(version.version),
         alias=alias,
         run_id=version.run_id or "",
         feature_names=tuple(signature.inputs.input_names()),
-        feature_service=feature_service,
+        feature_service=feature_service or None,
         estimator=mlflow.sklearn.load_model(uri),
     )
+
+
+def resolve_feature_service(model: LoadedModel, store: FeatureStore, default: str | None) -> LoadedModel:
+    """The model with its feature service settled: its own (tag), else the one service in the
+    Feast registry whose features are exactly the signature's inputs, else `default`.
+
+    Raises MissingFeatures when none of these names one.
+    """
+    if model.feature_service:
+        return model
+    wanted = set(model.feature_names)
+    matching = [
+        service.name
+        for service in store.list_feature_services()
+        if {f.name for p in service.feature_view_projections for f in p.features} == wanted
+    ]
+    if len(matching) == 1:
+        name, how = matching[0], "its features match"
+    elif default:
+        name, how = default, "DEFAULT_FEATURE_SERVICE"
+    else:
+        found = (
+            f"{len(matching)} feature services match its inputs"
+            if matching
+            else "no feature service matches its inputs"
+        )
+        raise MissingFeatures(
+            f"{model.uri} names no feature service (no {FEATURE_SERVICE_TAG!r} tag on the version or its "
+            f"run) and {found} {sorted(wanted)}: tag the version, or set DEFAULT_FEATURE_SERVICE"
+        )
+    logger.info("%s has no %r tag: serving it with %s (%s)", model.uri, FEATURE_SERVICE_TAG, name, how)
+    return replace(model, feature_service=name)
 
 
 def load_numbered(settings: Settings, number: str) -> LoadedModel:

@@ -10,7 +10,7 @@ import argparse
 from mlflow import MlflowClient
 
 from driver_ranker.config import Settings, get_settings
-from driver_ranker.registry import connect, version_for_alias
+from driver_ranker.model.registry import connect, version_for_alias
 
 PREVIOUS_ALIAS = "previous"
 

@@ -18,17 +18,19 @@ from concurrent.futures import ThreadPoolExecutor
 
 from driver_ranker import metrics
 from driver_ranker.config import Settings
-from driver_ranker.feature_store import open_store
-from driver_ranker.lifecycle import CANARY, CHAMPION, SHADOW, ModelManager, ServedModel
-from driver_ranker.online_features import FeatureRows
-from driver_ranker.ranking import rank
-from driver_ranker.schemas import DriverScore, InferenceRequest, InferenceResponse, ModelRef
+from driver_ranker.errors import FeatureStoreUnavailable
+from driver_ranker.features.online import FeatureRows
+from driver_ranker.features.store import open_store
+from driver_ranker.model.scoring import rank
+from driver_ranker.serving.lifecycle import CANARY, CHAMPION, SHADOW, ModelManager, ServedModel
+from driver_ranker.serving.schemas import DriverScore, InferenceRequest, InferenceResponse, ModelRef
 
 logger = logging.getLogger(__name__)
 request_log = logging.getLogger("driver_ranker.requests")
 
 SHADOW_BACKLOG = 8
 """Shadow scorings in flight per worker; past it, shadow work is skipped rather than queued."""
+ALL_UNKNOWN_LOG_INTERVAL_S = 60.0
 
 
 def canary_bucket(request_id: str | None) -> float:
@@ -45,10 +47,13 @@ class Ranker:
         self.online_store = online_store
         self._shadow_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shadow")
         self._shadow_tasks: set[asyncio.Task] = set()
+        self._all_unknown_logged_at = -ALL_UNKNOWN_LOG_INTERVAL_S
+        self._not_ready_reason: str | None = None
 
     @classmethod
     def start(cls, settings: Settings) -> Ranker:
         """Loads the models and opens the online store; raises ModelUnavailable when no model can serve."""
+        metrics.forget_dead_workers()
         store = open_store(settings)
         manager = ModelManager(settings, store)
         manager.start()
@@ -74,15 +79,24 @@ class Ranker:
         served = self.pick(request.request_id)  # this request keeps this model, whatever swaps meanwhile
         request_id = request.request_id or uuid.uuid4().hex
         driver_ids = list(dict.fromkeys(request.driver_ids))
-        rows = await served.reader.read(driver_ids)
-        metrics.FEATURE_READ_SECONDS.observe(time.perf_counter() - started)
+        try:
+            rows = await served.reader.read(driver_ids)
+        except FeatureStoreUnavailable:
+            metrics.FEATURE_READ_SECONDS.labels(outcome="unavailable").observe(time.perf_counter() - started)
+            raise
+        metrics.FEATURE_READ_SECONDS.labels(outcome="ok").observe(time.perf_counter() - started)
         ranking = rank(served.score, rows)
         best = ranking[0][0] if ranking else None
         version = served.model.version
         if ranking:
             metrics.BEST_SCORE.labels(version=version).observe(ranking[0][1])
+            metrics.FEATURE_AGE_SECONDS.observe(float(rows.ages_s.max()))
         if rows.unknown_ids:
             metrics.UNKNOWN_DRIVERS.inc(len(rows.unknown_ids))
+            if len(rows.unknown_ids) == len(driver_ids):
+                self._all_unknown(len(driver_ids))
+        if rows.stale_ids:
+            metrics.STALE_DRIVERS.inc(len(rows.stale_ids))
         metrics.REQUESTS.labels(outcome="ok", version=version).inc()
         shadow = self.manager.served.get(SHADOW)
         if shadow is not None and ranking:
@@ -95,6 +109,7 @@ class Ranker:
                     "best_driver_id": best,
                     "drivers": len(driver_ids),
                     "unknown": len(rows.unknown_ids),
+                    "stale": len(rows.stale_ids),
                     "latency_ms": round((time.perf_counter() - started) * 1e3, 3),
                 }
             )
@@ -105,8 +120,33 @@ class Ranker:
             best_driver_id=best,
             scores=[DriverScore(driver_id=d, score=s) for d, s in ranking],
             unknown_driver_ids=rows.unknown_ids,
+            stale_driver_ids=rows.stale_ids,
             model=ModelRef(name=m.name, version=m.version, alias=m.alias),
         )
+
+    def _all_unknown(self, drivers: int) -> None:
+        """Counts a request in which no driver had features, and says so in the log at most once a
+        minute: answered 200s over an empty online store must not look healthy."""
+        metrics.ALL_UNKNOWN.inc()
+        now = time.monotonic()
+        if now - self._all_unknown_logged_at >= ALL_UNKNOWN_LOG_INTERVAL_S:
+            self._all_unknown_logged_at = now
+            logger.warning(
+                "every driver of a request (%d) is unknown to the online store %s: is it empty "
+                "(run `make features`, or materialize)?",
+                drivers, self.online_store,
+            )  # fmt: skip
+
+    async def ready(self) -> bool:
+        """/readyz: a champion is loaded and its reader can serve (the reader says why not)."""
+        reason = await self.manager.champion.reader.readiness()
+        if reason != self._not_ready_reason:
+            self._not_ready_reason = reason
+            if reason:
+                logger.warning("not ready: %s", reason)
+            else:
+                logger.info("ready")
+        return reason is None
 
     def _start_shadow(
         self,
@@ -135,8 +175,12 @@ class Ranker:
     ) -> None:
         """Scores the request with the shadow model after the answer; never raises, never blocks it."""
         try:
-            same_features = shadow.model.feature_names == served.model.feature_names
-            shadow_rows = rows if same_features else await shadow.reader.read(driver_ids)
+            # The served rows only if they are the shadow's own inputs: same service, same order.
+            same_inputs = (shadow.model.feature_service, shadow.model.feature_names) == (
+                served.model.feature_service,
+                served.model.feature_names,
+            )
+            shadow_rows = rows if same_inputs else await shadow.reader.read(driver_ids)
             loop = asyncio.get_running_loop()
             ranking = await loop.run_in_executor(self._shadow_pool, rank, shadow.score, shadow_rows)
         except Exception as exc:  # a shadow must never affect serving: count it, log it, drop it
@@ -182,5 +226,6 @@ class Ranker:
             "shadow": describe(manager.served[SHADOW]) if SHADOW in manager.served else None,
             "refused": manager.refused,
             "registry_checked_at": manager.checked_at.isoformat() if manager.checked_at else None,
+            "registry_state": manager.registry_state,
             "registry_error": manager.registry_error,
         }

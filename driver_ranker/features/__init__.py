@@ -1,0 +1,1 @@
+"""Feast: opening the feature store, applying and materializing it, reading it online."""

@@ -1,0 +1,266 @@
+"""The Feast feature store: open it, apply the definitions, materialize into the online store.
+
+`python -m driver_ranker.features.store` (`make features`) applies `feature_repo/` and fills Redis.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pandas as pd
+import pyarrow.parquet as pq
+import redis
+import redis.asyncio as aioredis
+from feast import FeatureService, FeatureStore, FileSource
+from feast.infra.online_stores.redis import RedisOnlineStore, RedisOnlineStoreConfig, RedisType
+from feast.repo_config import load_repo_config
+from feast.repo_operations import apply_total, cli_check_repo, parse_repo
+from redis.asyncio.cluster import ClusterNode as AsyncClusterNode
+from redis.cluster import ClusterNode, RedisCluster
+from redis.exceptions import RedisClusterException
+from redis.sentinel import Sentinel
+
+from driver_ranker.config import Settings, get_settings
+from driver_ranker.errors import DependencyUnavailable
+
+logger = logging.getLogger(__name__)
+
+FEATURE_SERVICE = "driver_ranker_v1"
+"""The feature service the model is trained on; each model version records the one it used."""
+
+LEGACY_REDIS_OPTIONS = frozenset({"skip_full_coverage_check"})
+"""Options of the old redis-py-cluster that Feast's examples still carry. redis-py's sync
+RedisCluster drops them silently, its asyncio RedisCluster (Feast's async reads) raises
+TypeError on them, so they are dropped before any client sees them."""
+
+REDIS_ERRORS = (redis.RedisError, RedisClusterException, OSError)
+"""What a Redis, a Redis Cluster or a Sentinel that does not answer raises through redis-py."""
+
+
+def open_store(settings: Settings) -> FeatureStore:
+    """Feast's store for these settings: the repo's yaml, read by Feast's own loader, with the Redis
+    of the settings.
+
+    feature_store.yaml holds literal defaults so that the `feast` CLI works inside feature_repo/
+    as Feast users expect; the service, `make features` and compose take Redis from
+    REDIS_CONNECTION_STRING, REDIS_TYPE and REDIS_SENTINEL_MASTER instead.
+    """
+    config = load_repo_config(settings.feast_repo_path, settings.feast_yaml)
+    online = config.online_config
+    if isinstance(online, dict) and online.get("type") == "redis":
+        # Set before anything reads `config.online_store`, which Feast builds once from this.
+        config.online_config = redis_online_config(settings, online)
+    return FeatureStore(repo_path=str(settings.feast_repo_path), config=config)
+
+
+def redis_online_config(settings: Settings, yaml_values: dict | None = None) -> RedisOnlineStoreConfig:
+    """Feast's Redis online store config: the yaml's other options, the settings' Redis."""
+    return RedisOnlineStoreConfig(
+        **{
+            **(yaml_values or {"type": "redis"}),
+            "connection_string": without_legacy_options(settings.redis_connection_string),
+            "redis_type": settings.redis_type,
+            "sentinel_master": settings.redis_sentinel_master,
+        }
+    )
+
+
+def without_legacy_options(connection_string: str) -> str:
+    """The connection string without the options redis-py does not know (LEGACY_REDIS_OPTIONS)."""
+    parts = connection_string.split(",")
+    return ",".join(p for p in parts if p.split("=", 1)[0].strip() not in LEGACY_REDIS_OPTIONS)
+
+
+def redis_address(connection_string: str) -> str:
+    """`host:port` of every node of a Feast Redis connection string, whatever the order of its
+    parts, and never its password or other options."""
+    nodes, _ = RedisOnlineStore._parse_connection_string(connection_string)
+    return ",".join(f"{node['host']}:{node.get('port', 6379)}" for node in nodes)
+
+
+def redis_location(config: RedisOnlineStoreConfig) -> str:
+    """Where the online store's Redis is, for errors and logs (no secrets)."""
+    address = redis_address(config.connection_string)
+    if config.redis_type == RedisType.redis_cluster:
+        return f"Redis Cluster at {address}"
+    if config.redis_type == RedisType.redis_sentinel:
+        return f"Redis master {config.sentinel_master!r} of the sentinels at {address}"
+    return f"Redis at {address}"
+
+
+def online_store_location(store: FeatureStore) -> str:
+    """The online store, for errors and logs: where its Redis is, or which store it is."""
+    config = store.config.online_store
+    if isinstance(config, RedisOnlineStoreConfig):
+        return redis_location(config)
+    return f"online store {type(config).__name__.removesuffix('OnlineStoreConfig')}"
+
+
+def _client_parts(config: RedisOnlineStoreConfig, timeout_s: float) -> tuple[list, dict]:
+    """Nodes and client options of a config (parsed by Feast), with bounded connect and read times.
+    The config comes from `redis_online_config`, which already dropped LEGACY_REDIS_OPTIONS."""
+    nodes, params = RedisOnlineStore._parse_connection_string(config.connection_string)
+    params |= {"socket_timeout": timeout_s, "socket_connect_timeout": timeout_s}
+    return [(node["host"], int(node.get("port", 6379))) for node in nodes], params
+
+
+def redis_client(config: RedisOnlineStoreConfig, timeout_s: float) -> redis.Redis | RedisCluster:
+    """A sync client of the online store's Redis, whichever its `redis_type`.
+
+    A Redis Cluster client connects when built, so this raises when no node answers.
+    """
+    nodes, params = _client_parts(config, timeout_s)
+    if config.redis_type == RedisType.redis_cluster:
+        return RedisCluster(startup_nodes=[ClusterNode(host, port) for host, port in nodes], **params)
+    if config.redis_type == RedisType.redis_sentinel:
+        return Sentinel(nodes, **params).master_for(config.sentinel_master)
+    return redis.Redis(host=nodes[0][0], port=nodes[0][1], **params)
+
+
+def async_redis_client(
+    config: RedisOnlineStoreConfig, timeout_s: float
+) -> aioredis.Redis | aioredis.RedisCluster:
+    """An asyncio client of the online store's Redis, whichever its `redis_type`; it connects on
+    first use, in the event loop that uses it (and only that one)."""
+    nodes, params = _client_parts(config, timeout_s)
+    if config.redis_type == RedisType.redis_cluster:
+        return aioredis.RedisCluster(
+            startup_nodes=[AsyncClusterNode(host, port) for host, port in nodes], **params
+        )
+    if config.redis_type == RedisType.redis_sentinel:
+        return aioredis.Sentinel(nodes, **params).master_for(config.sentinel_master)
+    return aioredis.Redis(host=nodes[0][0], port=nodes[0][1], **params)
+
+
+def require_redis(store: FeatureStore, timeout_s: float = 1.0) -> None:
+    """Fails with a message that says how to start Redis when the online store does not answer."""
+    config = store.config.online_store
+    if isinstance(config, RedisOnlineStoreConfig):
+        ping_redis(config, timeout_s)
+
+
+def ping_redis(config: RedisOnlineStoreConfig, timeout_s: float = 1.0) -> None:
+    """Raises DependencyUnavailable, saying how to start Redis, when none answers there."""
+    try:
+        client = redis_client(config, timeout_s)
+        try:
+            client.ping()
+        finally:
+            client.close()
+    except REDIS_ERRORS as exc:
+        raise DependencyUnavailable(
+            f"{redis_location(config)} does not answer ({exc}). Start it with "
+            "`redis-server --daemonize yes --save '' --appendonly no`, "
+            "or point REDIS_CONNECTION_STRING (and REDIS_TYPE) at one."
+        ) from exc
+
+
+def source_files(settings: Settings) -> list[Path]:
+    """The files the repo's file sources read (relative paths are the repo's)."""
+    with contextlib.chdir(settings.feast_repo_path):
+        cli_check_repo(settings.feast_repo_path, settings.feast_yaml)  # puts the repo on sys.path
+        sources = parse_repo(settings.feast_repo_path).data_sources
+    return [settings.feast_repo_path / s.path for s in sources if isinstance(s, FileSource)]
+
+
+def require_data(settings: Settings) -> None:
+    """Raises FileNotFoundError, saying what to run, when a file the repo's sources read is missing."""
+    missing = [str(path) for path in source_files(settings) if not path.exists()]
+    if missing:
+        raise FileNotFoundError(f"{', '.join(missing)} missing: run `make data` first.")
+
+
+def in_repo(store: FeatureStore) -> contextlib.chdir:
+    """Runs a block inside the Feast repo: Feast imports the definition files, and the DuckDB
+    offline store reads the sources (data/...), by paths relative to the working directory."""
+    return contextlib.chdir(store.repo_path)
+
+
+def apply(settings: Settings, validate_sources: bool = True) -> FeatureStore:
+    """`feast apply` of the repo: registers the entity, views and services, creates online tables.
+
+    The definitions write no feature values; without the data files (a deployment whose data is
+    elsewhere, or not there yet) Feast cannot validate the sources, and `validate_sources=False`
+    tells it not to.
+    """
+    if validate_sources:
+        require_data(settings)
+    store = open_store(settings)
+    require_redis(store)
+    with in_repo(store):
+        cli_check_repo(settings.feast_repo_path, settings.feast_yaml)
+        apply_total(store.config, settings.feast_repo_path, skip_source_validation=not validate_sources)
+    return open_store(settings)
+
+
+def historical_features(
+    store: FeatureStore, entity_df: pd.DataFrame, service: FeatureService
+) -> pd.DataFrame:
+    """Feast's point-in-time join of `entity_df` (driver_id, event_timestamp, any other columns) to
+    the feature service, through whichever offline store feature_store.yaml names."""
+    # Arrow refuses to cast nanoseconds it would lose into the offline store's microseconds.
+    entity_df = entity_df.assign(event_timestamp=entity_df["event_timestamp"].dt.floor("us"))
+    with in_repo(store):
+        return store.get_historical_features(entity_df=entity_df, features=service).to_df()
+
+
+def _online_store_filled(store: FeatureStore) -> bool:
+    """Whether the first entity of each view's source file has features online (a Redis that
+    restarted empty has none). Views whose source is no file are taken as filled."""
+    for view in store.list_feature_views():
+        source = view.batch_source
+        if not isinstance(source, FileSource):
+            continue
+        join_key = view.entity_columns[0].name
+        first = pq.ParquetFile(store.repo_path / source.path).read_row_group(0, columns=[join_key])
+        row = store.get_online_features(
+            features=[f"{view.name}:{f.name}" for f in view.features],
+            entity_rows=[{join_key: first.column(0)[0].as_py()}],
+        ).to_dict()
+        if all(values[0] is None for name, values in row.items() if name != join_key):
+            return False
+    return True
+
+
+def materialize(store: FeatureStore, end: datetime | None = None, full: bool = False) -> str:
+    """Incremental materialization; a full one when asked or when the online store is empty.
+
+    Returns which of the two ran.
+    """
+    end = end or datetime.now(UTC)
+    views = store.list_feature_views()
+    with in_repo(store):
+        if not full and all(v.most_recent_end_time for v in views) and _online_store_filled(store):
+            store.materialize_incremental(end_date=end)
+            return "incremental"
+        store.materialize(start_date=datetime(1970, 1, 1, tzinfo=UTC), end_date=end)
+    return "full"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Apply feature_repo/ and materialize into the online store.")
+    parser.add_argument(
+        "--full", action="store_true", help="materialize all data again (after `make data` regenerated it)"
+    )
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    settings = get_settings()
+    started = time.perf_counter()
+    try:
+        store = apply(settings)
+        kind = materialize(store, full=args.full)
+    except (DependencyUnavailable, FileNotFoundError) as exc:
+        raise SystemExit(f"error: {exc}") from None
+    logger.info(
+        "features: applied project %r, %s materialization into %s in %.1f s",
+        store.project, kind, online_store_location(store), time.perf_counter() - started,
+    )  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Offline work: synthetic data, training, batch scoring."""

@@ -1,0 +1,1 @@
+"""Models: the MLflow registry and the scoring of a loaded version."""

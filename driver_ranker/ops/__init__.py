@@ -1,0 +1,1 @@
+"""Running and shipping it: bootstrap, the process stack, packaging, releases."""
