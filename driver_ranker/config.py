@@ -83,10 +83,10 @@ class Settings(BaseSettings):
         10_000, ge=1, description="Requests one keep-alive connection serves before it is closed."
     )
     keepalive_max_age_s: float = Field(
-        5.0,
+        30.0,
         gt=0,
-        description="Age past which a keep-alive connection is closed after its next answer: "
-        "clients reconnect and spread over the workers.",
+        description="Age past which a keep-alive connection is closed after its next answer (drawn "
+        "per connection between 80% and 100% of this): clients reconnect and spread over the workers.",
     )
     api_key: SecretStr | None = Field(None, description="If set, /inference needs `X-API-Key: <API_KEY>`.")
 

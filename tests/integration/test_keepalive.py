@@ -90,7 +90,7 @@ def test_sixteen_keepalive_clients_stay_within_60_40_over_two_workers(feast_sett
     print(
         f"{len(answers)} requests in {SECONDS} s on {CONNECTIONS} keep-alive connections, 2 workers: the busier "
         f"worker held {statistics.median(shares):.2f} of them (median), {max(shares):.2f} at most, first "
-        f"{shares[0]:.2f}; connections closed, by reason: {closed}"
+        f"{shares[0]:.2f}; connections closed, by reason: {closed}; shares: {shares}"
     )
     # A 503 is a feature read past FEATURE_READ_TIMEOUT_S on a loaded machine, never a reconnection.
     assert set(answers) <= {200, 503} and Counter(answers)[200] > 0.99 * len(answers), Counter(answers)
