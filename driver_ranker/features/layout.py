@@ -16,7 +16,6 @@ from feast.errors import FeastObjectNotFoundException, FeatureServiceNotFoundExc
 from feast.infra.online_stores.redis import (
     RedisOnlineStore,
     RedisOnlineStoreConfig,
-    RedisType,
     _versioned_fv_name,
 )
 from feast.types import FeastType, Float32, Float64, Int32, Int64
@@ -134,8 +133,6 @@ class ServiceLayout:
         config = store.config.online_store
         if not isinstance(config, RedisOnlineStoreConfig):
             return f"the online store is {type(config).__name__}"
-        if config.redis_type != RedisType.redis:
-            return f"REDIS_TYPE={config.redis_type.value}"
         on_demand = [v.name for v, _, _ in self.columns if not isinstance(v, FeatureView)]
         if on_demand:
             return f"on-demand feature views {sorted(set(on_demand))} are computed by Feast's SDK"

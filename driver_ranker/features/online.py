@@ -1,10 +1,10 @@
 """Online feature reads for the request path.
 
 `RedisFeatureReader` reads Feast's Redis layout directly (every driver's HMGET in one Lua call,
-keys and fields built by Feast's own functions) and skips the SDK's protobuf-to-Python response,
-which is most of the time of a large read. `FeastSdkReader` asks Feast's SDK and serves any other
-online store (and Redis Cluster or Sentinel). `open_reader` picks one; tests prove both return the
-same values.
+per node on a Redis Cluster, keys and fields built by Feast's own functions) and skips the SDK's
+protobuf-to-Python response, which is most of the time of a large read; it reads a single Redis, a
+Redis Cluster and the master that Redis Sentinel names. `FeastSdkReader` asks Feast's SDK and
+serves any other online store. `open_reader` picks one; tests prove both return the same values.
 
 Both apply the feature view's `ttl` at the time of the read: a driver whose features are older is
 reported stale, not scored (Feast's online read returns whatever the store holds, however old).
@@ -36,6 +36,7 @@ from feast.protos.feast.types.EntityKey_pb2 import EntityKey
 from feast.protos.feast.types.Value_pb2 import Value
 from feast.type_map import python_values_to_proto_values
 from google.protobuf.timestamp_pb2 import Timestamp
+from redis.asyncio.cluster import ClusterNode
 
 from driver_ranker.errors import FeatureStoreUnavailable
 from driver_ranker.features.layout import (
@@ -75,9 +76,15 @@ SCAN_BUDGET_S = 1.0
 
 # HMGET of the same fields on every key, run inside Redis: one command and one reply for a whole
 # request instead of a pipeline of one command per driver (whose client-side cost dominated).
+# ARGV = number of fields, the fields, then the keys. The keys are not declared as KEYS because a
+# Redis Cluster refuses declared keys of different slots (CROSSSLOT), and a request's drivers hash
+# to many; a script without flags may read any key its node holds, so a cluster gets one call per
+# node with that node's keys. A key the node no longer holds (a slot moved) fails the whole call.
 HMGET_ALL = """
+local n = tonumber(ARGV[1])
+local fields = {unpack(ARGV, 2, n + 1)}
 local replies = {}
-for i, key in ipairs(KEYS) do replies[i] = redis.call('HMGET', key, unpack(ARGV)) end
+for i = n + 2, #ARGV do replies[i - n - 1] = redis.call('HMGET', ARGV[i], unpack(fields)) end
 return replies
 """
 
@@ -446,7 +453,11 @@ class RedisFeatureReader:
         self._ts_fields = ts_fields
         self._ts_slots = range(len(feature_fields), len(self._fields))
         self.redis_key = _redis_key_of(store, layout)
-        self._hmget_all = self._client.register_script(HMGET_ALL)
+        if isinstance(self._client, aioredis.RedisCluster):
+            self._hmget_all = self._hmget_per_node
+        else:
+            script = self._client.register_script(HMGET_ALL)
+            self._hmget_all = lambda keys, fields: script(args=[len(fields), *fields, *keys])
         self._rows_probe = _RedisRows(self._client, store, layout, self._hold_ts_fields)
         self._readiness = _Readiness(self._probe)
 
@@ -456,7 +467,7 @@ class RedisFeatureReader:
         try:
             async with asyncio.timeout(self._timeout_s):
                 # One script call: every driver's HMGET (features and event times) in one command.
-                replies = await self._hmget_all(keys=keys, args=self._fields) if keys else []
+                replies = await self._hmget_all(keys, self._fields) if keys else []
         except redis.exceptions.NoPermissionError as exc:
             raise FeatureStoreUnavailable(f"{self._location} refused the read: {exc}") from exc
         except (TimeoutError, *REDIS_ERRORS) as exc:
@@ -477,9 +488,37 @@ class RedisFeatureReader:
         view_times = [[seconds[reply[i]] for reply in replies] for i in self._ts_slots]
         return _rows(driver_ids, values, view_times, layout.ttls_s, self._n_features, now)
 
+    async def _hmget_per_node(self, keys: list[bytes], fields: list[bytes | str]) -> list:
+        """HMGET_ALL on a Redis Cluster: the keys grouped by the master that holds their slot, one
+        call per master, the masters asked together; replies in the order of `keys`."""
+        cluster: aioredis.RedisCluster = self._client
+        await cluster.initialize()  # at once unless an error asked for the slots to be read again
+        by_node: dict[str, tuple[ClusterNode, list[int]]] = {}
+        for position, key in enumerate(keys):
+            node = cluster.get_node_from_key(key)
+            by_node.setdefault(node.name, (node, []))[1].append(position)
+
+        async def ask(node: ClusterNode, positions: list[int]) -> list:
+            args = [len(fields), *fields, *(keys[p] for p in positions)]
+            try:
+                return await cluster.execute_command("EVAL", HMGET_ALL, 0, *args, target_nodes=node)
+            except redis.exceptions.ResponseError as exc:
+                if "non local key" not in str(exc):
+                    raise
+                # The slot moved (a failover or resharding): read the slots again for the next read.
+                await cluster.nodes_manager.initialize()
+                raise redis.exceptions.ConnectionError(f"{node.name} no longer holds the keys") from exc
+
+        replies: list = [None] * len(keys)
+        answers = await asyncio.gather(*(ask(node, positions) for node, positions in by_node.values()))
+        for (_, positions), answer in zip(by_node.values(), answers, strict=True):
+            for position, reply in zip(positions, answer, strict=True):
+                replies[position] = reply
+        return replies
+
     async def _hold_ts_fields(self, keys: list[bytes]) -> list[bool]:
         """Through the read's own script, so that readiness also proves Redis lets us run it."""
-        replies = await self._hmget_all(keys=keys, args=self._ts_fields)
+        replies = await self._hmget_all(keys, self._ts_fields)
         return [None not in reply for reply in replies]
 
     async def _probe(self) -> str | None:

@@ -1,16 +1,11 @@
 """The readers under other Feast configurations than the repo's: versioned feature views, another
-join key type, a Redis Cluster and Redis Sentinel (real processes on loopback)."""
+join key type (Redis Cluster and Sentinel: test_readers_topologies.py)."""
 
 from __future__ import annotations
 
 import asyncio
-import signal
-import socket
-import subprocess
-import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -21,15 +16,12 @@ from feast.types import Int32
 from driver_ranker.config import PROJECT_ROOT, Settings
 from driver_ranker.errors import MissingFeatures
 from driver_ranker.features.online import FeastSdkReader, RedisFeatureReader, open_reader
-from driver_ranker.features.store import apply, materialize, open_store
+from driver_ranker.features.store import apply, materialize
 from driver_ranker.jobs.data import DataSpec, write
 from tests.support.stack import (
-    free_port,
-    redis_server,
     repo_settings,
     teardown_repo,
     use_definitions_of,
-    wait_for_port,
 )
 
 FEATURES = ("conv_rate", "acc_rate", "avg_daily_trips")
@@ -163,94 +155,3 @@ def test_a_join_key_that_is_no_integer_is_refused_with_a_clear_message(shared_re
     for force_sdk in (False, True):
         with pytest.raises(MissingFeatures, match=r"not keyed by one integer driver id.*driver_id.*STRING"):
             open_reader(store, SERVICE, FEATURES, 1.0, force_sdk=force_sdk)
-
-
-def cluster_port() -> int:
-    """A free port whose cluster bus port (the port + 10000) is a port too, and free: redis-server
-    refuses to start otherwise (free_port may give anything up to 65535)."""
-    while True:
-        port = free_port()
-        if port + 10_000 <= 65_535:
-            with socket.socket() as bus:
-                if bus.connect_ex(("127.0.0.1", port + 10_000)) != 0:
-                    return port
-
-
-@contextmanager
-def redis_cluster(folder: Path) -> Iterator[str]:
-    """A single-node Redis Cluster on loopback that holds every slot."""
-    port = cluster_port()
-    folder.mkdir()
-    proc = subprocess.Popen(
-        [
-            "redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-            "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--dir", str(folder),
-        ],
-        stdout=subprocess.DEVNULL,
-    )  # fmt: skip
-    try:
-        wait_for_port(port, proc)
-        node = redis.Redis(port=port)
-        node.execute_command("CLUSTER", "ADDSLOTSRANGE", 0, 16383)
-        deadline = time.monotonic() + 10
-        while node.cluster("INFO")["cluster_state"] != "ok":
-            assert time.monotonic() < deadline, "the cluster did not get to cluster_state:ok"
-            time.sleep(0.05)
-        yield f"127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        proc.wait(10)
-
-
-@contextmanager
-def redis_sentinel(folder: Path, master: str) -> Iterator[str]:
-    """A redis-server, and one sentinel on loopback that monitors it as `master`."""
-    with redis_server() as (_, address):
-        host, port = address.split(":")
-        sentinel_port = free_port()
-        folder.mkdir()
-        conf = folder / "sentinel.conf"  # the sentinel rewrites its own config file
-        conf.write_text(
-            f"port {sentinel_port}\nbind 127.0.0.1\ndir {folder}\nsentinel monitor {master} {host} {port} 1\n"
-        )
-        proc = subprocess.Popen(["redis-server", str(conf), "--sentinel"], stdout=subprocess.DEVNULL)
-        try:
-            wait_for_port(sentinel_port, proc)
-            sentinel = redis.Redis(port=sentinel_port, decode_responses=True)
-            assert sentinel.execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", master) == [host, port]
-            yield f"127.0.0.1:{sentinel_port}"
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(10)
-
-
-@pytest.mark.parametrize("topology", ["redis_cluster", "redis_sentinel"])
-def test_cluster_and_sentinel_apply_materialize_and_serve_through_the_sdk(tmp_path, monkeypatch, topology):
-    repo = repo_copy(tmp_path / "repo")
-    use_definitions_of(repo, monkeypatch)
-    master = "ranker-master"
-    if topology == "redis_cluster":
-        servers = redis_cluster(tmp_path / "cluster")
-        extra = ",skip_full_coverage_check=true"  # as in Feast's own example
-    else:
-        servers = redis_sentinel(tmp_path / "sentinel", master)
-        extra = ""
-    with servers as address:
-        settings = repo_settings(repo, redis=f"{address}{extra}").model_copy(
-            update={"redis_type": topology, "redis_sentinel_master": master}
-        )
-        store = apply(settings)
-        assert materialize(store) == "full"
-        assert materialize(store) == "incremental"  # it found the first driver online
-        store = open_store(settings)
-        reader = open_reader(store, SERVICE, FEATURES, 1.0)
-        assert isinstance(reader, FeastSdkReader)
-
-        async def serve():
-            return await reader.read(IDS), await reader.readiness()
-
-        rows, reason = asyncio.run(serve())
-        expected = sdk_values(store, IDS)
-        assert list(expected) == [1001, 1017, 1030]
-        assert_equals_feast(rows, expected)
-        assert reason is None

@@ -24,9 +24,9 @@ from driver_ranker.ops.stack import free_port, serve_until_ready, stop_process_g
 REDIS = "127.0.0.1:6379"
 
 
-def make_feast_repo(root: Path, spec: DataSpec, redis: str = REDIS) -> Path:
+def make_feast_repo(root: Path, spec: DataSpec, redis: str = REDIS, **settings: object) -> Path:
     """A copy of feature_repo/ under `root` with its own Feast project name (so its Redis keys are
-    its own), generated data, applied and materialized."""
+    its own), generated data, applied and materialized (`settings`: e.g. another `redis_type`)."""
     repo = root / "feature_repo"
     repo.mkdir(parents=True)
     shutil.copy(PROJECT_ROOT / "feature_repo" / "driver_repo.py", repo)
@@ -35,17 +35,20 @@ def make_feast_repo(root: Path, spec: DataSpec, redis: str = REDIS) -> Path:
         yaml = (PROJECT_ROOT / "feature_repo" / name).read_text()
         (repo / name).write_text(yaml.replace("project: driver_ranker", f"project: {project}"))
     write(spec, repo / "data")
-    materialize(apply(repo_settings(repo, redis)))
+    materialize(apply(repo_settings(repo, redis, **settings)))
     return repo
 
 
-def repo_settings(repo: Path, redis: str = REDIS, mlflow_dir: Path | None = None) -> Settings:
+def repo_settings(
+    repo: Path, redis: str = REDIS, mlflow_dir: Path | None = None, **settings: object
+) -> Settings:
     mlflow_dir = mlflow_dir or repo.parent / "mlflow"
     return Settings(
         feast_repo_path=repo,
         redis_connection_string=redis,
         mlflow_tracking_uri=f"sqlite:///{mlflow_dir / 'mlflow.db'}",
         mlflow_artifact_root=mlflow_dir / "artifacts",
+        **settings,
     )
 
 
@@ -54,6 +57,8 @@ def settings_env(settings: Settings) -> dict[str, str]:
     return {
         "FEAST_REPO_PATH": str(settings.feast_repo_path),
         "REDIS_CONNECTION_STRING": settings.redis_connection_string,
+        "REDIS_TYPE": settings.redis_type,
+        "REDIS_SENTINEL_MASTER": settings.redis_sentinel_master,
         "MLFLOW_TRACKING_URI": settings.mlflow_tracking_uri,
         "MLFLOW_ARTIFACT_ROOT": str(settings.mlflow_artifact_root),
         "ONLINE_STORE": settings.online_store,
