@@ -5,8 +5,9 @@ The three services run at once on the same Redis, registry and number of workers
 (wrk, or an asyncio client where wrk is missing), over 5 rounds, each on fresh connections. Medians
 over the rounds are reported, with the ratios, the spread of throughput across rounds, and how the
 connections were spread over the workers in each run (sampled with `ss`); a cell whose busier worker
-held more than 60% of the connections in a round is flagged uneven. Also timed in-process: the feature read (direct vs Feast's SDK, checked
-equal), the server-side time of one request, and the cold start to /readyz. Last, batch scoring
+held more than 60% of the connections in a round is flagged uneven. Also timed in-process: the
+feature read (direct vs Feast's SDK, checked equal; and the direct read on a Redis Cluster of 3
+masters on loopback), the server-side time of one request, and the cold start to /readyz. Last, batch scoring
 of 1M rows (bench/batch.py).
 """
 
@@ -21,6 +22,7 @@ import re
 import shutil
 import statistics
 import subprocess
+import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,14 +33,16 @@ import numpy as np
 from bench.batch import batch_bench
 from bench.batch import table as batch_table
 from bench.connections import SplitSampler
-from driver_ranker.config import PROJECT_ROOT, get_settings
-from driver_ranker.features.online import FeastSdkReader
+from driver_ranker.config import PROJECT_ROOT, Settings, get_settings
+from driver_ranker.features.online import FeastSdkReader, open_reader
 from driver_ranker.features.store import open_store
-from driver_ranker.jobs.data import FIRST_DRIVER_ID
+from driver_ranker.jobs.data import FIRST_DRIVER_ID, DataSpec
 from driver_ranker.ops.bootstrap import prepare
 from driver_ranker.ops.stack import free_port, serve_until_ready, stop_process_group
 from driver_ranker.serving.ranker import Ranker
 from driver_ranker.serving.schemas import InferenceRequest
+from tests.support.stack import make_feast_repo, repo_settings
+from tests.support.topologies import redis_cluster
 
 OUT = PROJECT_ROOT / "artifacts" / "bench"
 SERVICES = {
@@ -161,7 +165,36 @@ def in_process_timings(repeats: int) -> dict:
             result["server_side_ms"][size] = await median_ms(ranker.answer, request)
         return result
 
-    return asyncio.run(run())
+    result = asyncio.run(run())
+    result["cluster_read_ms"] = cluster_read_timings(settings, repeats)
+    return result
+
+
+def cluster_read_timings(settings: Settings, repeats: int) -> dict:
+    """The direct reader's feature read on a Redis Cluster of 3 masters (and 3 replicas) on
+    loopback against the single Redis, same drivers, medians in ms; the cluster's read asks the
+    masters together, one call each."""
+    with tempfile.TemporaryDirectory() as folder, redis_cluster(Path(folder) / "cluster") as cluster:
+        spec = DataSpec(n_drivers=200, days=2, n_orders=100)
+        repo = make_feast_repo(Path(folder), spec, cluster.connection_string, redis_type="redis_cluster")
+        cluster_settings = repo_settings(repo, cluster.connection_string, redis_type="redis_cluster")
+        single = Ranker.start(settings).manager.champion.model
+        reader = open_reader(open_store(cluster_settings), single.feature_service, single.feature_names, 1.0)
+
+        async def run() -> dict:
+            times: dict = {}
+            for size in (5, 100):
+                ids = body(size)["driver_ids"]
+                assert len((await reader.read(ids)).driver_ids) == size
+                samples = []
+                for _ in range(repeats):
+                    t = time.perf_counter()
+                    await reader.read(ids)
+                    samples.append((time.perf_counter() - t) * 1e3)
+                times[size] = statistics.median(samples)
+            return times
+
+        return asyncio.run(run())
 
 
 def chart(results: dict, path: Path) -> None:
@@ -306,7 +339,8 @@ def main(argv: list[str] | None = None) -> None:
         print(
             f"feature read {size} drivers: direct {fr[size]['direct']:.3f} ms, Feast SDK "
             f"{fr[size]['feast_sdk']:.3f} ms, identical={fr[size]['identical']}; "
-            f"server-side request {timings['server_side_ms'][size]:.3f} ms"
+            f"server-side request {timings['server_side_ms'][size]:.3f} ms; direct read on a Redis "
+            f"Cluster of 3 masters {timings['cluster_read_ms'][size]:.3f} ms"
         )
     print("cold start to /readyz: " + ", ".join(f"{n} {s:.1f} s" for n, s in cold.items()))
     if args.batch_rows:
