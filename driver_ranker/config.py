@@ -51,6 +51,12 @@ class Settings(BaseSettings):
     feast_repo_path: Path = Field(
         PROJECT_ROOT / "feature_repo", description="The Feast repo (feature_store.yaml)."
     )
+    feast_registry: SecretStr | None = Field(
+        None,
+        description="Feast's registry: unset, the repo's file (feature_repo/data/registry.db); a "
+        "SQLAlchemy URL (postgresql://user:password@host:5432/feast), Feast's SQL registry, which "
+        "rankers on any number of hosts share with no shared volume.",
+    )
 
     mlflow_tracking_uri: str = Field(
         f"sqlite:///{PROJECT_ROOT / 'artifacts' / 'mlflow.db'}",

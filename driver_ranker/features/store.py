@@ -18,7 +18,7 @@ import redis
 import redis.asyncio as aioredis
 from feast import FeatureService, FeatureStore, FileSource
 from feast.infra.online_stores.redis import RedisOnlineStore, RedisOnlineStoreConfig, RedisType
-from feast.repo_config import load_repo_config
+from feast.repo_config import RepoConfig, load_repo_config
 from feast.repo_operations import apply_total, cli_check_repo, parse_repo
 from redis.asyncio.cluster import ClusterNode as AsyncClusterNode
 from redis.cluster import ClusterNode, RedisCluster
@@ -52,10 +52,26 @@ def open_store(settings: Settings) -> FeatureStore:
     """
     config = load_repo_config(settings.feast_repo_path, settings.feast_yaml)
     online = config.online_config
+    # Both set before anything reads `config.online_store` or `config.registry`, which Feast builds
+    # once from these.
     if isinstance(online, dict) and online.get("type") == "redis":
-        # Set before anything reads `config.online_store`, which Feast builds once from this.
         config.online_config = redis_online_config(settings, online)
+    if settings.feast_registry is not None:
+        config.registry_config = sql_registry_config(settings.feast_registry.get_secret_value(), config)
     return FeatureStore(repo_path=str(settings.feast_repo_path), config=config)
+
+
+def sql_registry_config(url: str, config: RepoConfig) -> dict:
+    """Feast's SQL registry at `url`, with the yaml registry's cache ttl. Connections are checked
+    before use, so a restarted PostgreSQL costs no failed read."""
+    yaml_registry = config.registry_config
+    ttl = yaml_registry.get("cache_ttl_seconds", 600) if isinstance(yaml_registry, dict) else 600
+    return {
+        "registry_type": "sql",
+        "path": url,
+        "cache_ttl_seconds": ttl,
+        "sqlalchemy_config_kwargs": {"echo": False, "pool_pre_ping": True},
+    }
 
 
 def redis_online_config(settings: Settings, yaml_values: dict | None = None) -> RedisOnlineStoreConfig:

@@ -54,7 +54,10 @@ def repo_settings(
 
 def settings_env(settings: Settings) -> dict[str, str]:
     """The environment that gives a child process these settings."""
-    return {
+    registry = (
+        {"FEAST_REGISTRY": settings.feast_registry.get_secret_value()} if settings.feast_registry else {}
+    )
+    return registry | {
         "FEAST_REPO_PATH": str(settings.feast_repo_path),
         "REDIS_CONNECTION_STRING": settings.redis_connection_string,
         "REDIS_TYPE": settings.redis_type,
