@@ -29,6 +29,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import redis
 
 from bench.batch import batch_bench
 from bench.batch import table as batch_table
@@ -152,7 +153,7 @@ def in_process_timings(repeats: int) -> dict:
         return statistics.median(times)
 
     async def run() -> dict:
-        result: dict = {"feature_read_ms": {}, "server_side_ms": {}}
+        result: dict = {"feature_read_ms": {}, "server_side_ms": {}, "redis_per_request": {}}
         for size in (5, 100):
             ids = [*body(size)["driver_ids"], 99999]
             a, b = await readers["direct"].read(ids), await readers["feast_sdk"].read(ids)
@@ -163,11 +164,39 @@ def in_process_timings(repeats: int) -> dict:
             } | {"identical": bool(identical)}
             request = InferenceRequest(**body(size))
             result["server_side_ms"][size] = await median_ms(ranker.answer, request)
+            result["redis_per_request"][size] = await redis_cost(readers["direct"], ids, repeats)
         return result
 
     result = asyncio.run(run())
     result["cluster_read_ms"] = cluster_read_timings(settings, repeats)
     return result
+
+
+async def redis_cost(reader, ids: list[int], reads: int) -> dict:
+    """Per direct read of `ids`, from Redis's own counters over `reads` reads (the benchmark is
+    its only client then): round trips (script calls), HMGETs the script ran, bytes each way."""
+    client = redis.Redis.from_url(f"redis://{get_settings().redis_connection_string.split(',')[0]}")
+
+    def counters() -> list[int]:
+        stats, commands = client.info("stats"), client.info("commandstats")
+        calls = [
+            sum(commands.get(f"cmdstat_{c}", {}).get("calls", 0) for c in names)
+            for names in (("eval", "evalsha"), ("hmget",))
+        ]
+        return [*calls, stats["total_net_input_bytes"], stats["total_net_output_bytes"]]
+
+    before = counters()
+    for _ in range(reads):
+        await reader.read(ids)
+    round_trips, hmgets, bytes_in, bytes_out = (
+        (a - b) / reads for a, b in zip(counters(), before, strict=True)
+    )
+    return {
+        "round_trips": round_trips,
+        "hmgets": hmgets,
+        "bytes_to_redis": bytes_in,
+        "bytes_from_redis": bytes_out,
+    }
 
 
 def cluster_read_timings(settings: Settings, repeats: int) -> dict:
@@ -341,6 +370,11 @@ def main(argv: list[str] | None = None) -> None:
             f"{fr[size]['feast_sdk']:.3f} ms, identical={fr[size]['identical']}; "
             f"server-side request {timings['server_side_ms'][size]:.3f} ms; direct read on a Redis "
             f"Cluster of 3 masters {timings['cluster_read_ms'][size]:.3f} ms"
+        )
+        cost = timings["redis_per_request"][size]
+        print(
+            f"Redis per {size}-driver read: {cost['round_trips']:.2f} round trips, {cost['hmgets']:.0f} "
+            f"HMGETs inside, {cost['bytes_to_redis']:.0f} B sent, {cost['bytes_from_redis']:.0f} B received"
         )
     print("cold start to /readyz: " + ", ".join(f"{n} {s:.1f} s" for n, s in cold.items()))
     if args.batch_rows:
