@@ -63,6 +63,13 @@ test-compose: $(VENV)/.installed ## the compose stack for real (needs Docker): c
 	$(BIN)/python -m pytest -v tests/compose
 .PHONY: test-compose
 
+# Only the YAML on stdout (the recipe is not echoed), so that `make -s k8s | kubectl apply -f -` works.
+OVERLAY ?= dev
+k8s: ## print the rendered Kubernetes manifests (OVERLAY=dev|production)
+	@command -v kubectl >/dev/null || { echo "error: make k8s needs kubectl (its built-in kustomize renders the manifests; no cluster is needed)" >&2; exit 1; }
+	@kubectl kustomize deployment/k8s/overlays/$(OVERLAY)
+.PHONY: k8s
+
 bench: $(VENV)/.installed ## benchmark vs the course design and BentoML's ceiling; writes artifacts/bench/
 	@command -v wrk >/dev/null || { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && apt-get install -y -qq wrk >/dev/null 2>&1; } || echo "wrk not installed: using the asyncio client"
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
