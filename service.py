@@ -52,9 +52,10 @@ class DriverRanker:
             raise
 
     @bentoml.on_startup
-    async def follow_the_registry(self) -> None:
-        """Each worker checks the registry's aliases in the background (lifecycle.py)."""
-        self.watcher = asyncio.create_task(self.ranker.manager.watch())
+    async def start_background_work(self) -> None:
+        """Each worker follows the registry's aliases (lifecycle.py) and writes the prediction log
+        (outcomes.py) in the background."""
+        self.background = [asyncio.create_task(work) for work in self.ranker.background_work()]
         # Feast, MLflow and pandas leave ~400k objects behind; a full GC pass over them took
         # ~200 ms and showed as the p99. Frozen, later passes see only what requests allocate.
         gc.collect()
@@ -71,6 +72,14 @@ class DriverRanker:
         except FeatureStoreUnavailable as exc:
             metrics.REQUESTS.labels(outcome="unavailable", version="").inc()
             return JSONResponse({"error": f"{exc}; retry shortly"}, status_code=503)
+
+    @routes.post("/feedback")
+    async def feedback(self, request: Request) -> JSONResponse:
+        """Records whether the drivers sent for answered requests completed their trips."""
+        from driver_ranker.serving.outcomes import feedback_answer
+
+        status, answer = await feedback_answer(self.ranker.outcomes, await request.body())
+        return JSONResponse(answer, status_code=status)
 
     @routes.get("/model")
     def model(self) -> dict[str, Any]:

@@ -94,6 +94,19 @@ class Settings(BaseSettings):
         description="Age past which a keep-alive connection is closed after its next answer (drawn "
         "per connection between 80% and 100% of this): clients reconnect and spread over the workers.",
     )
+    prediction_log: bool = Field(
+        True,
+        description="Log every answer (request id, model, version, role, best driver and score) in the "
+        "online store's Redis, for POST /feedback and the A/B report.",
+    )
+    outcome_retention_s: int = Field(
+        7 * 86400, ge=60, description="How long predictions and outcomes are kept (feedback later: 404)."
+    )
+    prediction_log_queue: int = Field(
+        10_000,
+        ge=1,
+        description="Predictions waiting to be written, per worker; past it they are dropped (counted).",
+    )
     api_key: SecretStr | None = Field(None, description="If set, /inference needs `X-API-Key: <API_KEY>`.")
 
     registry_check_interval_s: float = Field(

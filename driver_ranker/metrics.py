@@ -36,6 +36,17 @@ FEATURE_AGE_SECONDS = Histogram(
     documentation="Age of the oldest features scored in each request (now minus Feast's event time).",
     buckets=(60, 300, 900, 1800, 3600, 3 * 3600, 6 * 3600, 12 * 3600, 86400, 2 * 86400),
 )
+PREDICTIONS_LOGGED = Counter(
+    name="driver_ranker_predictions_logged",
+    documentation="Answers for the prediction log by outcome (written, dropped_queue_full, dropped_store_error).",
+    labelnames=["outcome"],
+)
+FEEDBACK = Counter(
+    name="driver_ranker_feedback",
+    documentation="Trip outcomes posted to /feedback (recorded, repeated, conflicting, unknown_request: "
+    "never answered or past OUTCOME_RETENTION_S).",
+    labelnames=["outcome"],
+)
 BEST_SCORE = Histogram(
     name="driver_ranker_best_score",
     documentation="Score of the best driver of each answered request, by model version.",

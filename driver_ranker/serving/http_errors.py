@@ -17,8 +17,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from driver_ranker.serving.admin import bearer_token, secret_matches
 
 
-def validation_message(detail: list[dict[str, Any]]) -> str:
-    """One line per problem, naming the field: `driver_ids[0]: Input should be a valid integer`."""
+def validation_message(detail: list[dict[str, Any]], shape: str = "a JSON object with driver_ids") -> str:
+    """One line per problem, naming the field: `driver_ids[0]: Input should be a valid integer`;
+    `shape` says what the body should be."""
     problems = []
     for error in detail:
         if error.get("type") == "json_invalid":
@@ -26,7 +27,7 @@ def validation_message(detail: list[dict[str, Any]]) -> str:
             continue
         where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.get("loc", [])).lstrip(".")
         if not where:
-            problems.append(f"the body: {error.get('msg', '')} (send a JSON object with driver_ids)")
+            problems.append(f"the body: {error.get('msg', '')} (send {shape})")
         else:
             problems.append(f"{where}: {error.get('msg', '')}")
     return "; ".join(problems)
@@ -78,9 +79,10 @@ def is_json(content_type: str | None) -> bool:
 
 
 class RequestGuardMiddleware:
-    """Refuses, before BentoML reads a body: /inference without the API key when API_KEY is set
-    (401), bodies over MAX_BODY_BYTES (413, chunked ones too), and /inference bodies that are not
-    JSON (415; BentoML would parse a form or multipart body, and answer the latter with a 500).
+    """Refuses, before BentoML reads a body: /inference and /feedback without the API key when
+    API_KEY is set (401), bodies over MAX_BODY_BYTES (413, chunked ones too), and /inference and
+    /feedback bodies that are not JSON (415; BentoML would parse a form or multipart body, and
+    answer the latter with a 500).
 
     The key is taken from `X-API-Key` or as `Authorization: Bearer <API_KEY>`, which is what
     BentoML's own clients send (`bentoml.SyncHTTPClient(url, token=...)`)."""
@@ -95,7 +97,7 @@ class RequestGuardMiddleware:
             await self.app(scope, receive, send)
             return
         headers = Headers(scope=scope)
-        inference = scope["path"] == "/inference"
+        inference = scope["path"] in ("/inference", "/feedback")  # the client API
         if inference and self.api_key is not None:
             presented = headers.get("x-api-key") or bearer_token(headers.get("authorization"))
             if not secret_matches(self.api_key, presented):

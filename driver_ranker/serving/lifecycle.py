@@ -117,6 +117,11 @@ class ModelManager:
             self._redis = async_redis_client(online, settings.feature_read_timeout_s)
 
     @property
+    def redis(self) -> aioredis.Redis | aioredis.RedisCluster | None:
+        """The worker's client of the online store's Redis (None for other stores)."""
+        return self._redis
+
+    @property
     def champion(self) -> ServedModel:
         return self.served[CHAMPION]
 

@@ -15,8 +15,12 @@ from pydantic.json_schema import models_json_schema
 
 from driver_ranker.config import Settings
 from driver_ranker.serving.schemas import (
+    EXAMPLE_FEEDBACK,
     EXAMPLE_REQUEST,
+    MAX_FEEDBACK_EVENTS,
     ErrorAnswer,
+    FeedbackAnswer,
+    FeedbackEvent,
     InferenceRequest,
     InferenceResponse,
     ReloadAnswer,
@@ -96,6 +100,48 @@ def _operations(settings: Settings) -> dict[tuple[str, str], dict[str, Any]]:
             },
             **({"security": api_key} if api_key else {}),
         },
+        ("/feedback", "post"): {
+            "tags": [RANKING],
+            "summary": "Whether the drivers sent for answered requests completed their trips",
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {
+                        "schema": {
+                            "oneOf": [
+                                {"$ref": REF.format(model="FeedbackEvent")},
+                                {
+                                    "type": "array",
+                                    "items": {"$ref": REF.format(model="FeedbackEvent")},
+                                    "minItems": 1,
+                                    "maxItems": MAX_FEEDBACK_EVENTS,
+                                },
+                            ]
+                        },
+                        "example": EXAMPLE_FEEDBACK,
+                    }
+                },
+            },
+            "responses": {
+                "200": _json("FeedbackAnswer", "Recorded (an event posted again is counted as repeated)."),
+                "400": _json(
+                    "ErrorAnswer", "The body is not valid; `error` names each field and what is wrong."
+                ),
+                "401": _json("ErrorAnswer", "API_KEY is set and the request does not carry it."),
+                "404": _json(
+                    "ErrorAnswer",
+                    f"A request id was never answered, or longer ago than OUTCOME_RETENTION_S "
+                    f"({settings.outcome_retention_s} s): nothing of the body was recorded.",
+                ),
+                "409": _json("ErrorAnswer", "An event contradicts one recorded before, which stands."),
+                "413": too_large,
+                "415": _json("ErrorAnswer", "The body is not sent as `application/json`."),
+                "429": busy,
+                "503": _json("ErrorAnswer", "The prediction log (Redis) did not answer, or is off: retry."),
+                "504": too_slow,
+            },
+            **({"security": api_key} if api_key else {}),
+        },
         ("/model", "get"): {
             "tags": [MODEL],
             "summary": "The models this worker serves",
@@ -155,6 +201,8 @@ most likely to complete the trip and the ranking behind it.
 
 **Request** `POST /inference`, a JSON object: `driver_ids`, 1 to {settings.max_driver_ids} integers
 (duplicates are scored once), and an optional `request_id`, echoed (generated when absent).
+`POST /feedback` later takes `{{"request_id", "driver_id", "completed"}}` (or a list): whether the
+trip happened, for the A/B report.
 
 **Answer** `best_driver_id` (null when no driver is scored), `scores` best first,
 `unknown_driver_ids` (no features online), `stale_driver_ids` (features older than the feature
@@ -175,7 +223,7 @@ def _schemas() -> dict[str, Any]:
     """The models' JSON Schemas, the request's as BentoML validates it, the answers' as written."""
     _, definitions = models_json_schema(
         [(InferenceRequest, "validation"), (InferenceResponse, "serialization"), (ErrorAnswer, "serialization"),
-         (ReloadAnswer, "serialization")],
+         (ReloadAnswer, "serialization"), (FeedbackEvent, "validation"), (FeedbackAnswer, "serialization")],
         ref_template=REF,
     )  # fmt: skip
     return definitions["$defs"]

@@ -14,7 +14,9 @@ import random
 import time
 import uuid
 import zlib
+from collections.abc import Coroutine
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 from driver_ranker import metrics
 from driver_ranker.config import Settings
@@ -23,6 +25,7 @@ from driver_ranker.features.online import FeatureRows
 from driver_ranker.features.store import open_store
 from driver_ranker.model.scoring import rank
 from driver_ranker.serving.lifecycle import CANARY, CHAMPION, SHADOW, ModelManager, ServedModel
+from driver_ranker.serving.outcomes import OutcomeStore, Prediction
 from driver_ranker.serving.schemas import DriverScore, InferenceRequest, InferenceResponse, ModelRef
 
 logger = logging.getLogger(__name__)
@@ -41,10 +44,18 @@ def canary_bucket(request_id: str | None) -> float:
 
 
 class Ranker:
-    def __init__(self, settings: Settings, manager: ModelManager, online_store: str):
+    def __init__(
+        self,
+        settings: Settings,
+        manager: ModelManager,
+        online_store: str,
+        outcomes: OutcomeStore | None = None,
+    ):
         self.settings = settings
         self.manager = manager
         self.online_store = online_store
+        self.outcomes = outcomes
+        """The prediction log and trip outcomes; None with PREDICTION_LOG off or no Redis."""
         self._shadow_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shadow")
         self._shadow_tasks: set[asyncio.Task] = set()
         self._all_unknown_logged_at = -ALL_UNKNOWN_LOG_INTERVAL_S
@@ -64,19 +75,34 @@ class Ranker:
             champion.model.name, champion.model.version, champion.model.alias, champion.model.source,
             list(champion.model.feature_names), online_store, champion.reader.kind,
         )  # fmt: skip
-        return cls(settings, manager, online_store)
+        outcomes = None
+        if settings.prediction_log and manager.redis is not None:
+            outcomes = OutcomeStore(
+                manager.redis, store.project, settings.outcome_retention_s, settings.prediction_log_queue
+            )
+        return cls(settings, manager, online_store, outcomes)
 
-    def pick(self, request_id: str | None) -> ServedModel:
+    def background_work(self) -> list[Coroutine[Any, Any, None]]:
+        """What each worker runs beside its requests: following the registry, writing the log."""
+        work = [self.manager.watch()]
+        if self.outcomes is not None:
+            work.append(self.outcomes.write_forever())
+        return work
+
+    def pick(self, request_id: str | None) -> tuple[str, ServedModel]:
+        """The role (champion, canary) that answers this request, and its model."""
         served = self.manager.served
         canary = served.get(CANARY)
         if canary is not None and canary_bucket(request_id) < self.settings.canary_percent:
-            return canary
-        return served[CHAMPION]
+            return CANARY, canary
+        return CHAMPION, served[CHAMPION]
 
     async def answer(self, request: InferenceRequest) -> InferenceResponse:
         """Raises FeatureStoreUnavailable when the online store does not answer in time."""
         started = time.perf_counter()
-        served = self.pick(request.request_id)  # this request keeps this model, whatever swaps meanwhile
+        role, served = self.pick(
+            request.request_id
+        )  # this request keeps this model, whatever swaps meanwhile
         request_id = request.request_id or uuid.uuid4().hex
         driver_ids = list(dict.fromkeys(request.driver_ids))
         try:
@@ -115,6 +141,11 @@ class Ranker:
             )
         )
         m = served.model
+        if self.outcomes is not None:
+            best_score = ranking[0][1] if ranking else None
+            self.outcomes.record(
+                Prediction(request_id, m.name, version, role, best, best_score, len(driver_ids), time.time())
+            )
         return InferenceResponse(
             request_id=request_id,
             best_driver_id=best,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictInt
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictInt
 
 from driver_ranker.config import get_settings
 
@@ -13,6 +13,10 @@ INT64_MAX = 2**63 - 1
 
 EXAMPLE_REQUEST = {"request_id": "uuid-1", "driver_ids": [1001, 1002, 1003, 1004, 1005]}
 """The Swagger "Try it out" body; the tests post it too."""
+EXAMPLE_FEEDBACK = {"request_id": "uuid-1", "driver_id": 1003, "completed": True}
+MAX_FEEDBACK_EVENTS = 250
+"""Events in one POST /feedback: 251 events of usual size (about 90 bytes) fit MAX_BODY_BYTES (64 KiB),
+so a list one too long is answered 400 naming the limit, not 413."""
 
 
 def whole_number(value: object) -> object:
@@ -67,6 +71,25 @@ class InferenceResponse(BaseModel):
         description="Drivers whose features are older than the feature view's ttl (2 days): not scored."
     )
     model: ModelRef = Field(description="The model that answered (the canary's, for a canary request).")
+
+
+class FeedbackEvent(BaseModel):
+    """Whether the driver sent for an answered request completed the trip."""
+
+    model_config = ConfigDict(extra="ignore", json_schema_extra={"example": EXAMPLE_FEEDBACK})
+
+    request_id: str = Field(min_length=1, max_length=128, description="The `request_id` of the answer.")
+    driver_id: DriverId
+    completed: StrictBool
+
+
+FeedbackEvents = Annotated[list[FeedbackEvent], Field(min_length=1, max_length=MAX_FEEDBACK_EVENTS)]
+"""POST /feedback takes one event or a list of them."""
+
+
+class FeedbackAnswer(BaseModel):
+    recorded: int = Field(description="New outcomes stored.")
+    repeated: int = Field(description="Outcomes received before, identical (posting again is harmless).")
 
 
 class ErrorAnswer(BaseModel):

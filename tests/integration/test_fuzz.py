@@ -1,13 +1,14 @@
 """schemathesis against the service's own OpenAPI document, on a running server with API_KEY and
 ADMIN_TOKEN set: every phase (examples, coverage, fuzzing, stateful) and every check, on every
-operation (BentoML's probes and /metrics, /inference, and the mounted /model and /admin/reload).
+operation (BentoML's probes and /metrics, /inference, and the mounted /feedback, /model and
+/admin/reload).
 Whatever a client sends, no 5xx, and every answer is one the document describes.
 
 Run through schemathesis' own command line, which is what runs all phases; its JSON report gives
 the verdict and the number of cases, its HAR file every request and answer. FUZZ_EXAMPLES (cases
 per operation and phase) scales it: 500 here gives about 1,100 cases; `make fuzz` runs more.
-No check is excluded: the stateful ones (use_after_free, ensure_resource_availability) and
-object_level_authorization run and find nothing to act on, as this API creates no resources.
+No check is excluded. The stateful phase follows the link schemathesis infers from /inference's
+`request_id` to /feedback's, so outcomes of real answers are posted too.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from tests.support.stack import ranker_server
 
 API_KEY, ADMIN_TOKEN = "fuzz-api-key", "fuzz-admin-token"
 MAX_EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "500"))
-PATHS = ["/inference", "/model", "/admin/reload", "/livez", "/healthz", "/readyz", "/metrics"]
+PATHS = ["/inference", "/feedback", "/model", "/admin/reload", "/livez", "/healthz", "/readyz", "/metrics"]
 # The credentials of each security scheme the document declares (schemathesis' config file).
 AUTH = f"""
 [auth.openapi.ApiKey]
@@ -78,7 +79,7 @@ def test_every_phase_and_check_on_every_operation_finds_nothing(guarded_url, tmp
         path: {
             status: n for (method, at, status), n in sorted(answers.items()) if (method, at) == ("POST", path)
         }
-        for path in ("/inference", "/admin/reload")
+        for path in ("/inference", "/feedback", "/admin/reload")
     }
     print(
         f"schemathesis: {report['test_cases']['generated']} cases in {report['running_time']:.1f} s; "
@@ -88,12 +89,18 @@ def test_every_phase_and_check_on_every_operation_finds_nothing(guarded_url, tmp
     assert report["failures"] == [] and report["errors"] == [] and report["stop_reason"] == "completed"
     assert report["operations"]["tested"] == len(PATHS) and report["operations"]["errored"] == 0
     phases = {name: phase["status"] for name, phase in report["phases"].items()}
-    assert phases == {"examples": "success", "coverage": "success", "fuzzing": "success", "stateful": "skip"}
-    assert report["phases"]["stateful"]["skip_reason"] == "not_applicable"  # no links: nothing is created
+    # Stateful: schemathesis links /inference's request_id to /feedback's and posts outcomes of answers.
+    assert phases == {
+        "examples": "success",
+        "coverage": "success",
+        "fuzzing": "success",
+        "stateful": "success",
+    }
     assert report["test_cases"]["generated"] >= 2 * MAX_EXAMPLES  # CI: at least 1,000
     assert not [answer for answer in answers if answer[2] >= 500]
     # Each kind of answer was reached, not only refusals.
     for reached in [("POST", "/inference", 200), ("POST", "/inference", 400), ("POST", "/inference", 401),
+                    ("POST", "/feedback", 200), ("POST", "/feedback", 400), ("POST", "/feedback", 404),
                     ("POST", "/admin/reload", 200), ("POST", "/admin/reload", 401), ("GET", "/model", 200)]:  # fmt: skip
         assert answers[reached] > 0, reached
     assert {path for _, path, _ in answers} >= set(PATHS)
@@ -115,7 +122,7 @@ def test_no_method_content_type_or_body_gives_a_server_error(guarded_url):
             response = http.request(method, path, content=body, headers=headers)
             statuses[response.status_code] += 1
             assert response.status_code < 500, (path, method, content_type, body, response.text)
-            json_answer = path == "/inference" and method == "POST"
+            json_answer = path in ("/inference", "/feedback") and method == "POST"
             if json_answer and content_type and not content_type.startswith("application/json"):
                 assert (
                     response.status_code == 415

@@ -14,6 +14,7 @@ from driver_ranker.serving.openapi import openapi_document
 
 OPERATIONS = {
     ("/inference", "post"): "Ranking",
+    ("/feedback", "post"): "Ranking",
     ("/model", "get"): "Model",
     ("/admin/reload", "post"): "Admin",
     ("/livez", "get"): "Probes and metrics",
@@ -53,7 +54,7 @@ def test_every_route_is_in_a_named_group(document):
     assert [tag["name"] for tag in document["tags"]] == list(dict.fromkeys(OPERATIONS.values()))
     assert all(tag["description"] for tag in document["tags"])
     assert all(op["summary"] and op["responses"] for op in operations.values())
-    assert list(document["paths"])[:3] == ["/inference", "/model", "/admin/reload"]
+    assert list(document["paths"])[:4] == ["/inference", "/feedback", "/model", "/admin/reload"]
 
 
 def test_every_error_is_documented_with_its_schema(document):
