@@ -2,13 +2,14 @@
 
 The three services run at once on the same Redis, registry and number of workers; each load
 (1, 5, 100 drivers; concurrency 1 and 16) is sent to each service in turn, from a separate process
-(wrk, or an asyncio client where wrk is missing), over 5 rounds, each on fresh connections. Medians
-over the rounds are reported, with the ratios, the spread of throughput across rounds, and how the
-connections were spread over the workers in each run (sampled with `ss`); a cell whose busier worker
-held more than 60% of the connections in a round is flagged uneven. Also timed in-process: the
-feature read (direct vs Feast's SDK, checked equal; and the direct read on a Redis Cluster of 3
-masters on loopback), the server-side time of one request, and the cold start to /readyz. Last, batch scoring
-of 1M rows (bench/batch.py).
+(wrk, or an asyncio client where wrk is missing), over 5 rounds, each on fresh connections; a
+cell's rounds run back to back, the services alternating. Medians over the rounds are reported,
+with the ratios, the spread of throughput and of the ranker/ceiling ratio across rounds, and how
+the connections were spread over the workers in each run (sampled with `ss`); a cell whose busier
+worker held more than 60% of the connections in a round is flagged uneven. Also timed in-process:
+the feature read (direct vs Feast's SDK, checked equal; and the direct read on a Redis Cluster of 3
+masters on loopback), Redis's cost per read, the server-side time of one request, and the cold
+start to /readyz. Last, batch scoring of 1M rows (bench/batch.py).
 """
 
 from __future__ import annotations
@@ -258,13 +259,14 @@ def summarize(rounds: list[dict]) -> dict:
 
 def balance_table(results: dict) -> str:
     """Per cell at concurrency > 1: throughput spread across rounds and how the workers shared the
-    connections (busier worker's share, median over rounds; rounds over 60%)."""
+    connections (busier worker's share, median over rounds; rounds over 60%), and the spread of
+    the ranker/ceiling ratio over the rounds (each round's two runs are seconds apart)."""
     load = results["load"]
     lines = [
         "| drivers | conc. | "
         + " | ".join(f"{n}: spread, busier worker, uneven rounds" for n in SERVICES)
-        + " |",
-        "| ---: | ---: | " + " | ".join("---" for _ in SERVICES) + " |",
+        + " | ranker/ceiling: spread |",
+        "| ---: | ---: | " + " | ".join("---" for _ in SERVICES) + " | ---: |",
     ]
     for c in (c for c in CONCURRENCY if c > 1):
         for s in SIZES:
@@ -276,7 +278,11 @@ def balance_table(results: dict) -> str:
                     f"{cell['rps_spread']:.0%}, {cell['busier_share']:.0%}, "
                     f"{cell['uneven_rounds']}/{results['rounds']}{flag}"
                 )
-            lines.append(f"| {s} | {c} | {' | '.join(cells)} |")
+            key = f"{s}x{c}"
+            pairs = zip(results["runs"]["driver-ranker"][key], results["runs"]["ceiling"][key], strict=True)
+            ratios = [ranker["rps"] / ceiling["rps"] for ranker, ceiling in pairs]
+            ratio_spread = (max(ratios) - min(ratios)) / statistics.median(ratios)
+            lines.append(f"| {s} | {c} | {' | '.join(cells)} | {ratio_spread:.0%} |")
     return "\n".join(lines)
 
 
@@ -325,16 +331,18 @@ def main(argv: list[str] | None = None) -> None:
 
         runs: dict[str, dict[str, list[dict]]] = {n: {} for n in SERVICES}
         names = list(SERVICES)
-        for round_ in range(args.rounds):
-            for c in CONCURRENCY:
-                for s in SIZES:
+        # Cell by cell, the services alternating round after round: the runs compared are minutes
+        # apart at most, while this machine's speed drifts over tens of minutes.
+        for c in CONCURRENCY:
+            for s in SIZES:
+                for round_ in range(args.rounds):
                     for name in names[round_ % 3 :] + names[: round_ % 3]:  # rotate who goes first
                         load(urls[name], s, c, 1.0)  # warm-up
                         port = int(urls[name].rsplit(":", 1)[1])
                         with SplitSampler(port, settings.workers) as split:  # wrk connects afresh each run
                             result = load(urls[name], s, c, args.seconds)
                         runs[name].setdefault(f"{s}x{c}", []).append(result | split.summary())
-            print(f"round {round_ + 1}/{args.rounds} done", flush=True)
+                print(f"{s} drivers, concurrency {c}: {args.rounds} rounds done", flush=True)
     finally:
         for proc in procs.values():
             stop_process_group(proc)
