@@ -120,6 +120,18 @@ class Settings(BaseSettings):
     )
     canary_alias: str = Field("challenger", description="Alias of the canary model.")
     canary_percent: float = Field(0.0, ge=0, le=100, description="Share of requests the canary answers.")
+    routing: Literal["fixed", "bandit"] = Field(
+        "fixed",
+        description="`fixed`: the champion, and the canary's CANARY_PERCENT; `bandit`: Thompson sampling "
+        "between the champion and BANDIT_ALIASES on trip outcomes from /feedback.",
+    )
+    bandit_aliases: str = Field(
+        "challenger",
+        description="ROUTING=bandit: the aliases of the arms beside the champion, comma-separated.",
+    )
+    bandit_floor: float = Field(
+        0.05, ge=0, le=0.5, description="ROUTING=bandit: the least share of requests each arm gets."
+    )
     shadow_alias: str | None = Field(None, description="Alias of a model scored off the response path.")
     admin_token: SecretStr | None = Field(None, description="Bearer token of /admin/*; unset turns them off.")
 

@@ -47,6 +47,17 @@ FEEDBACK = Counter(
     "never answered or past OUTCOME_RETENTION_S).",
     labelnames=["outcome"],
 )
+BANDIT_ASSIGNMENTS = Counter(
+    name="driver_ranker_bandit_assignments",
+    documentation="Requests the bandit sent to each arm (ROUTING=bandit).",
+    labelnames=["arm"],
+)
+BANDIT_POSTERIOR_MEAN = Gauge(
+    name="driver_ranker_bandit_posterior_mean",
+    documentation="Posterior mean completion rate of each version's recommendations (ROUTING=bandit).",
+    labelnames=["version"],
+    multiprocess_mode="max",  # every worker reads the same shared counts
+)
 BEST_SCORE = Histogram(
     name="driver_ranker_best_score",
     documentation="Score of the best driver of each answered request, by model version.",

@@ -46,6 +46,8 @@ from driver_ranker.model.scoring import Scorer, compile_scorer
 logger = logging.getLogger(__name__)
 
 CHAMPION, CANARY, SHADOW = "champion", "canary", "shadow"
+ARM = "arm:"
+"""Prefix of the bandit's arms beside the champion: `arm:<alias>` (ROUTING=bandit)."""
 
 # MLflow's error codes for a registry that answers but will not let us in (HTTP 401 and 403).
 DENIED_CODES = frozenset({"UNAUTHENTICATED", "PERMISSION_DENIED", "CUSTOMER_UNAUTHORIZED"})
@@ -100,7 +102,10 @@ class ModelManager:
         self.settings = settings
         self.store = store
         self.aliases = {CHAMPION: settings.model_alias}
-        if settings.canary_percent > 0:
+        if settings.routing == "bandit":
+            for alias in filter(None, (a.strip() for a in settings.bandit_aliases.split(","))):
+                self.aliases[f"{ARM}{alias}"] = alias
+        elif settings.canary_percent > 0:
             self.aliases[CANARY] = settings.canary_alias
         if settings.shadow_alias:
             self.aliases[SHADOW] = settings.shadow_alias

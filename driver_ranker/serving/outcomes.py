@@ -21,6 +21,7 @@ import asyncio
 import json
 import logging
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass
 
 import redis.asyncio as aioredis
@@ -41,18 +42,21 @@ logger = logging.getLogger(__name__)
 BATCH = 500
 """Predictions written per pipeline."""
 
-# 1 recorded, 0 the same outcome again, -1 no such prediction (never answered, or expired),
-# -2 the other outcome was recorded before.
+# {code, version}: 2 recorded, for the driver the model recommended (of that version), 1 recorded
+# for another driver, 0 the same outcome again, -1 no such prediction (never answered, or
+# expired), -2 the other outcome was recorded before.
 RECORD_OUTCOME = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+if redis.call('EXISTS', KEYS[1]) == 0 then return {-1, ''} end
 local prior = redis.call('HGET', KEYS[2], ARGV[1])
 if prior then
-  if prior == ARGV[2] then return 0 end
-  return -2
+  if prior == ARGV[2] then return {0, ''} end
+  return {-2, ''}
 end
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
 redis.call('EXPIRE', KEYS[2], ARGV[3])
-return 1
+local predicted = redis.call('HMGET', KEYS[1], 'best_driver_id', 'version')
+if predicted[1] == ARGV[1] then return {2, predicted[2]} end
+return {1, ''}
 """
 
 
@@ -110,6 +114,23 @@ class OutcomeStore:
     @property
     def feedback_stream(self) -> str:
         return f"{self._prefix}:feedback"
+
+    @property
+    def arms_key(self) -> str:
+        """Outcomes of each version's recommendations: fields `<version>:completed` / `:failed`."""
+        return f"{self._prefix}:arms"
+
+    async def arm_counts(self, versions: list[str]) -> dict[str, tuple[int, int]]:
+        """(completed, failed) outcomes of each version's recommended drivers, in one command."""
+        fields = [f"{v}:{kind}" for v in versions for kind in ("completed", "failed")]
+        values = await self._client.hmget(self.arms_key, fields) if fields else []
+        counts = [int(v or 0) for v in values]
+        return {v: (counts[2 * i], counts[2 * i + 1]) for i, v in enumerate(versions)}
+
+    async def role_of(self, request_id: str) -> str | None:
+        """The role that answered this request before, if it was answered (a retry)."""
+        role = await self._client.hget(self.prediction_key(request_id), "role")
+        return role.decode() if role else None
 
     def record(self, prediction: Prediction) -> None:
         """Queues the prediction for the writer; never blocks, never raises."""
@@ -179,9 +200,12 @@ class OutcomeStore:
             answers = await pipe.execute()
         now_ms = int(time.time() * 1000)
         recorded: list[Outcome] = []
-        for outcome, answer in zip(outcomes, answers, strict=True):
-            if answer == 1:
+        judged: Counter[str] = Counter()  # "<version>:completed" / "<version>:failed" of recommendations
+        for outcome, (answer, version) in zip(outcomes, answers, strict=True):
+            if answer in (1, 2):
                 recorded.append(outcome)
+                if answer == 2:
+                    judged[f"{version.decode()}:{'completed' if outcome.completed else 'failed'}"] += 1
             elif answer == 0:
                 result.repeated += 1
             elif answer == -2:
@@ -200,6 +224,8 @@ class OutcomeStore:
                     pipe.xadd(
                         self.feedback_stream, fields, minid=now_ms - self.retention_s * 1000, approximate=True
                     )
+                for field, count in judged.items():
+                    pipe.hincrby(self.arms_key, field, count)
                 await pipe.execute()
         result.recorded = len(recorded)
         for outcome, count in (("recorded", result.recorded), ("repeated", result.repeated),

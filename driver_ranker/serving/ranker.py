@@ -22,9 +22,10 @@ from driver_ranker import metrics
 from driver_ranker.config import Settings
 from driver_ranker.errors import FeatureStoreUnavailable
 from driver_ranker.features.online import FeatureRows
-from driver_ranker.features.store import open_store
+from driver_ranker.features.store import REDIS_ERRORS, open_store
 from driver_ranker.model.scoring import rank
-from driver_ranker.serving.lifecycle import CANARY, CHAMPION, SHADOW, ModelManager, ServedModel
+from driver_ranker.serving.bandit import Bandit
+from driver_ranker.serving.lifecycle import ARM, CANARY, CHAMPION, SHADOW, ModelManager, ServedModel
 from driver_ranker.serving.outcomes import OutcomeStore, Prediction
 from driver_ranker.serving.schemas import DriverScore, InferenceRequest, InferenceResponse, ModelRef
 
@@ -56,6 +57,9 @@ class Ranker:
         self.online_store = online_store
         self.outcomes = outcomes
         """The prediction log and trip outcomes; None with PREDICTION_LOG off or no Redis."""
+        self.bandit = (
+            Bandit(outcomes, settings.bandit_floor) if outcomes and settings.routing == "bandit" else None
+        )
         self._shadow_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shadow")
         self._shadow_tasks: set[asyncio.Task] = set()
         self._all_unknown_logged_at = -ALL_UNKNOWN_LOG_INTERVAL_S
@@ -87,11 +91,30 @@ class Ranker:
         work = [self.manager.watch()]
         if self.outcomes is not None:
             work.append(self.outcomes.write_forever())
+        if self.bandit is not None:
+            work.append(self.bandit.refresh_forever(lambda: sorted(set(self.arms().values()))))
         return work
 
-    def pick(self, request_id: str | None) -> tuple[str, ServedModel]:
-        """The role (champion, canary) that answers this request, and its model."""
+    def arms(self) -> dict[str, str]:
+        """The bandit's arms served now: role -> version."""
         served = self.manager.served
+        return {
+            role: s.model.version for role, s in served.items() if role == CHAMPION or role.startswith(ARM)
+        }
+
+    async def pick(self, request_id: str | None) -> tuple[str, ServedModel]:
+        """The role (champion, canary, a bandit arm) that answers this request, and its model."""
+        served = self.manager.served
+        if self.bandit is not None:
+            role = None
+            if request_id is not None:  # a retry keeps the arm that answered it
+                try:
+                    role = await self.outcomes.role_of(request_id)
+                except (TimeoutError, *REDIS_ERRORS):
+                    role = None
+            if role not in served or not (role == CHAMPION or role.startswith(ARM)):
+                role = self.bandit.choose(self.arms(), request_id)
+            return role, served[role]
         canary = served.get(CANARY)
         if canary is not None and canary_bucket(request_id) < self.settings.canary_percent:
             return CANARY, canary
@@ -100,9 +123,8 @@ class Ranker:
     async def answer(self, request: InferenceRequest) -> InferenceResponse:
         """Raises FeatureStoreUnavailable when the online store does not answer in time."""
         started = time.perf_counter()
-        role, served = self.pick(
-            request.request_id
-        )  # this request keeps this model, whatever swaps meanwhile
+        # This request keeps this model, whatever swaps meanwhile.
+        role, served = await self.pick(request.request_id)
         request_id = request.request_id or uuid.uuid4().hex
         driver_ids = list(dict.fromkeys(request.driver_ids))
         try:
@@ -255,6 +277,7 @@ class Ranker:
             if CANARY in manager.served
             else None,
             "shadow": describe(manager.served[SHADOW]) if SHADOW in manager.served else None,
+            "bandit": self.bandit.describe(self.arms()) if self.bandit is not None else None,
             "refused": manager.refused,
             "registry_checked_at": manager.checked_at.isoformat() if manager.checked_at else None,
             "registry_state": manager.registry_state,
