@@ -115,7 +115,8 @@ def joined(predictions: pd.DataFrame, feedback: pd.DataFrame) -> pd.DataFrame:
 def report(rows: pd.DataFrame, champion_version: str | None) -> tuple[str, dict]:
     """The markdown report and its figures, per version."""
     figures: dict = {}
-    for version, group in rows.groupby("version", sort=True):
+    # Registry versions are numbers kept as text: "10" after "9".
+    for version, group in sorted(rows.groupby("version"), key=lambda item: (len(str(item[0])), str(item[0]))):
         judged = group.dropna(subset=["completed"])
         rate = Rate(int(judged["completed"].sum()), len(judged))
         bins = pd.cut(judged["best_score"], SCORE_BINS, include_lowest=True)
@@ -211,7 +212,7 @@ def run(settings: Settings, out: Path = OUT) -> str:
         champion = version_for_alias(connect(settings), settings.model_name, settings.model_alias)
     except MlflowException:  # no registry at hand: the lowest version is the baseline
         champion = None
-    text, figures = report(joined(predictions, feedback), champion.version if champion else None)
+    text, figures = report(joined(predictions, feedback), str(champion.version) if champion else None)
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.md").write_text(text + "\n")
     if figures:

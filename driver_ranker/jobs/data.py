@@ -72,6 +72,13 @@ def outcome_logit(conv_rate: np.ndarray, acc_rate: np.ndarray, avg_daily_trips: 
     )
 
 
+def completion_probability(
+    conv_rate: np.ndarray, acc_rate: np.ndarray, avg_daily_trips: np.ndarray
+) -> np.ndarray:
+    """The true probability that a driver with these statistics completes a trip (noise-free)."""
+    return _sigmoid(outcome_logit(conv_rate, acc_rate, avg_daily_trips))
+
+
 def generate(spec: DataSpec) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Returns (hourly driver statistics, trip orders); the same spec gives the same frames."""
     rng = np.random.default_rng(spec.seed)
