@@ -9,7 +9,7 @@ export PORT
 .DEFAULT_GOAL := help
 
 help: ## list the targets
-	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
 $(VENV)/.installed: requirements.lock requirements-dev.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -42,10 +42,21 @@ canary: $(VENV)/.installed ## set the canary alias (CANARY_ALIAS, default challe
 serve: $(VENV)/.installed ## everything from a fresh clone (Redis, demo data, features, champion), then serve on PORT
 	DEMO_DATA=$${DEMO_DATA:-true} $(BIN)/python -m driver_ranker.ops.bootstrap serve
 
-stack: $(VENV)/.installed ## the compose topology as processes (demo data on): Redis, mlflow server (PostgreSQL if up), init, ranker
-	$(BIN)/python -m driver_ranker.ops.stack
+# HAProxy for replicas (make stack REPLICAS=n, make bench-replicas): apt-get installs it when it is
+# missing and this runs as root, as wrk for make bench; otherwise the Python says how to install it.
+HAPROXY_INSTALL = command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && { apt-get install -y -qq haproxy >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq haproxy >/dev/null 2>&1; }; }; } || true
+REPLICAS ?= 1
+stack: $(VENV)/.installed ## the compose topology as processes (demo data on): Redis, mlflow server (PostgreSQL if up), init, ranker; REPLICAS=n: n rankers behind HAProxy on PORT
+	@[ "$(REPLICAS)" = 1 ] || { $(HAPROXY_INSTALL); }
+	$(BIN)/python -m driver_ranker.ops.stack --replicas $(REPLICAS)
 
 BATCH_EXAMPLE := artifacts/batch/requests.parquet
+ab-sim: $(VENV)/.installed ## simulated dispatches on demo data: the A/B report's verdict, and the bandit's regret vs a 50/50 split
+	$(BIN)/python -m bench.ab_sim
+
+ab-report: $(VENV)/.installed ## per model version: completion of the recommended driver, difference, calibration; writes artifacts/ab/
+	$(BIN)/python -m driver_ranker.jobs.ab_report
+
 batch: $(VENV)/.installed ## score INPUT (CSV/Parquet) into OUTPUT (Parquet) with the champion or VERSION=n; no INPUT: 100k example rows
 	$(if $(INPUT),,test -f $(BATCH_EXAMPLE) || $(BIN)/python -m driver_ranker.jobs.data --requests 100000 --requests-out $(BATCH_EXAMPLE))
 	$(BIN)/python -m driver_ranker.jobs.batch $(or $(INPUT),$(BATCH_EXAMPLE)) $(or $(OUTPUT),artifacts/batch/scores.parquet) $(if $(VERSION),--version $(VERSION))
@@ -74,6 +85,11 @@ bench: $(VENV)/.installed ## benchmark vs the course design and BentoML's ceilin
 	@command -v wrk >/dev/null || { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && apt-get install -y -qq wrk >/dev/null 2>&1; } || echo "wrk not installed: using the asyncio client"
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
+bench-replicas: $(VENV)/.installed ## throughput through HAProxy to 1 and 2 replicas of 1 worker, vs 1 replica of 2 workers; writes artifacts/bench/replicas.md
+	@command -v wrk >/dev/null || { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && apt-get install -y -qq wrk >/dev/null 2>&1; } || echo "wrk not installed: using the asyncio client"
+	@$(HAPROXY_INSTALL)
+	$(BIN)/python -m bench.replicas $(BENCH_ARGS)
+
 soak: $(VENV)/.installed ## SOAK_MINUTES (5) of mixed traffic at 200 req/s; fails on a 5xx or 10% worker memory growth
 	$(BIN)/python -m bench.soak
 
@@ -95,4 +111,4 @@ clean: ## remove generated data, registries and reports (keeps .venv)
 	rm -rf feature_repo/data artifacts/* .pytest_cache
 	touch artifacts/.gitkeep
 
-.PHONY: help install data features train promote rollback canary serve stack batch bento containerize bench soak fuzz test lint format clean
+.PHONY: help install data features train promote rollback canary serve stack batch ab-report ab-sim bento containerize bench bench-replicas soak fuzz test lint format clean

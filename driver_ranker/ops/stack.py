@@ -5,6 +5,9 @@ machines without Docker: the MLflow server keeps its runs in the local PostgreSQ
 on 127.0.0.1:5432 (SQLite otherwise) and serves artifacts itself; training registers through it
 over HTTP, and the ranker loads its champion from it over HTTP. It is a local demo, so the init step
 runs with DEMO_DATA on (synthetic data and a champion) unless DEMO_DATA is set otherwise.
+
+`--replicas n` (`make stack REPLICAS=n`) runs n rankers behind HAProxy on the ranker's port, as
+compose's `lb` service and `--scale ranker=n` do (driver_ranker/ops/balancer.py).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+import psutil
 
 from driver_ranker.config import PROJECT_ROOT, get_settings
 
@@ -40,15 +44,22 @@ def free_port() -> int:
 
 
 def serve_until_ready(
-    target: str, port: int, env: dict[str, str], log_path: Path, ready_timeout: float = 120
+    target: str,
+    port: int,
+    env: Mapping[str, str],
+    log_path: Path,
+    ready_timeout: float = 120,
+    host: str | None = None,
 ) -> subprocess.Popen:
     """`bentoml serve target` on `port` in a session of its own, once its /readyz says 200.
 
     Output goes to `log_path`; a server that exits or is not ready in time is reported with its tail.
+    `host`: the address it listens on (None: BentoML's default, every interface).
     """
+    bind = ["--host", host] if host else []
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "bentoml", "serve", target, "--port", str(port)],
+            [sys.executable, "-m", "bentoml", "serve", target, "--port", str(port), *bind],
             cwd=PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
     deadline = time.monotonic() + ready_timeout
@@ -67,7 +78,7 @@ def serve_until_ready(
 
 
 def postgres_backend(database: str, dsn: str = "host=127.0.0.1 port=5432 user=postgres") -> str | None:
-    """A PostgreSQL URI for the MLflow backend store (creating the database), or None if none answers."""
+    """A PostgreSQL URI of `database` (created if missing) on the local server, or None if none answers."""
     try:
         import psycopg2
     except ImportError:
@@ -144,8 +155,25 @@ def stop_process_group(proc: subprocess.Popen, grace_s: float = 15) -> None:
         try:
             proc.wait(grace_s)
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+            kill_tree(proc)
+
+
+def kill_tree(proc: subprocess.Popen) -> None:
+    """SIGKILL to the process, its group and every descendant, as a container's end would.
+
+    The group is not enough for `bentoml serve`: its process manager (circus) starts each worker in
+    a session of its own, and a worker outliving it keeps serving on the inherited socket.
+    """
+    try:
+        descendants = psutil.Process(proc.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        descendants = []
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    for child in descendants:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            child.kill()
+    proc.wait()
 
 
 def bootstrap_env(environ: Mapping[str, str]) -> dict[str, str]:
@@ -157,19 +185,72 @@ def bootstrap_env(environ: Mapping[str, str]) -> dict[str, str]:
     return dict(environ) | {"DEMO_DATA": environ.get("DEMO_DATA", "true")}
 
 
+def serve_replicas(count: int, folder: Path) -> None:
+    """The init step, then `count` rankers behind HAProxy on the port one ranker would take (PORT),
+    until Ctrl-C; what compose runs with `--scale ranker=<count>` and its `lb` service."""
+    # Here, not at the top: balancer.py builds on this module's helpers.
+    from driver_ranker.errors import DependencyUnavailable
+    from driver_ranker.ops import bootstrap
+    from driver_ranker.ops.balancer import balanced_replicas
+
+    # SIGTERM (a supervisor, `kill`) stops everything as Ctrl-C does: HAProxy and the rankers run in
+    # sessions of their own, and would outlive this process otherwise.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    os.environ.update(bootstrap_env(os.environ))
+    get_settings.cache_clear()
+    for noisy in ("feast", "mlflow", "alembic"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    # In this process, as `bootstrap serve` does before it becomes the ranker: where no Redis can
+    # run, prepare() switches ONLINE_STORE to SQLite in os.environ, which the replicas then inherit.
+    try:
+        settings = bootstrap.prepare(get_settings())
+    except (DependencyUnavailable, FileNotFoundError, ValueError) as exc:
+        raise SystemExit(f"error: {exc}") from None
+    # The fallback model of a ranker without a champion is in the BentoML home `make bento` used.
+    model_store = Path(os.environ.get("BENTOML_HOME", Path.home() / "bentoml")) / "models"
+    logger.info("starting %d rankers, WORKERS=%d each", count, settings.workers)
+    running = balanced_replicas(count, os.environ, folder, settings.port, model_store=model_store)
+    with running as (replicas, lb):
+        for replica in replicas.members:
+            logger.info("%s on %s (log: %s)", replica.name, replica.url, replica.log)
+        logger.info(
+            "HAProxy on %s (Swagger UI at /), its stats at %s (log: %s)", lb.url, lb.stats_url, lb.log
+        )
+        with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C stops HAProxy, the rankers, then the server
+            while lb.proc.poll() is None:
+                time.sleep(1)
+            logger.error("haproxy exited with %s: see %s", lb.proc.returncode, lb.log)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mlflow-port", type=int, default=5000)
+    parser.add_argument(
+        "--replicas",
+        type=int,
+        default=1,
+        help="rankers; more than 1: behind HAProxy on PORT (make stack REPLICAS=n)",
+    )
     args = parser.parse_args(argv)
+    if args.replicas < 1:
+        parser.error("--replicas must be 1 or more")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     stack_dir = PROJECT_ROOT / "artifacts" / "stack"
     stack_dir.mkdir(parents=True, exist_ok=True)
     backend = postgres_backend("driver_ranker_mlflow") or f"sqlite:///{stack_dir / 'mlflow.db'}"
     logger.info("mlflow backend store: %s", backend)
+    # Feast's SQL registry beside it, as compose has it: the rankers share no file.
+    feast_registry = postgres_backend("driver_ranker_feast")
+    if feast_registry and not os.environ.get("FEAST_REGISTRY"):
+        os.environ["FEAST_REGISTRY"] = feast_registry.replace("postgresql+psycopg2://", "postgresql://")
+        logger.info("Feast registry: %s", os.environ["FEAST_REGISTRY"])
     with mlflow_server(backend, stack_dir / "mlartifacts", args.mlflow_port, stack_dir / "mlflow.log") as url:
         os.environ["MLFLOW_TRACKING_URI"] = url
         get_settings.cache_clear()
         logger.info("mlflow server at %s (UI and registry)", url)
+        if args.replicas > 1:
+            serve_replicas(args.replicas, stack_dir / "replicas")
+            return
         command = [sys.executable, "-m", "driver_ranker.ops.bootstrap", "serve"]
         with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C stops the ranker, then the server
             subprocess.run(command, cwd=PROJECT_ROOT, env=bootstrap_env(os.environ), check=False)

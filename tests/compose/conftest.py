@@ -1,6 +1,7 @@
 """The compose stack for real: the image `make containerize` builds, `docker compose up` of
 deployment/docker-compose.yml with its .env, and requests through the ports it publishes on
-127.0.0.1 (and only those).
+127.0.0.1 (and only those; what is not published, a ranker replica's own /metrics and HAProxy's
+stats page, is read from inside its container with `docker compose exec`).
 
 `make test-compose` runs this folder; `make test` leaves it out (pyproject's addopts). It needs a
 Docker engine with Compose and BuildKit, and the Redis on 127.0.0.1:6379 that the host's tools use.
@@ -168,6 +169,7 @@ class Stack:
         return result.stdout[-6000:]
 
     def url(self, service: str) -> str:
+        """A published port's URL; `ranker` is RANKER_PORT, the ranker API that lb publishes."""
         return f"http://127.0.0.1:{self.ports[service]}"
 
     def services(self) -> dict[str, dict[str, Any]]:
@@ -185,6 +187,18 @@ class Stack:
         (container_id,) = self.compose("ps", "-a", "-q", service).stdout.split()
         return json.loads(run(["docker", "inspect", container_id]).stdout)[0]
 
+    def replicas(self, service: str) -> list[dict[str, Any]]:
+        """`docker inspect` of each of the service's containers (`--scale`), by replica number."""
+        ids = self.compose("ps", "-a", "-q", service).stdout.split()
+        found = json.loads(run(["docker", "inspect", *ids]).stdout) if ids else []
+        return sorted(found, key=lambda c: int(c["Config"]["Labels"]["com.docker.compose.container-number"]))
+
+    def fetch(self, service: str, url: str, index: int = 1) -> str:
+        """GET `url` from inside a container of the service (its python), for ports not published:
+        a ranker replica's own /metrics, HAProxy's stats page."""
+        script = f"import urllib.request as u; print(u.urlopen({url!r}, timeout=5).read().decode())"
+        return self.compose("exec", "-T", "--index", str(index), service, "python", "-c", script).stdout
+
     def infer(
         self, driver_ids: list[int], request_id: str = "compose-test", timeout: float = 5
     ) -> httpx.Response:
@@ -198,7 +212,7 @@ class Stack:
 @pytest.fixture(scope="session")
 def stack(image: str, host_shell: HostShell) -> Iterator[Stack]:
     """`DEMO_DATA=true docker compose up -d --wait`, from the user's shell, on free loopback ports;
-    `docker compose down -v` at the end, whatever happened."""
+    `docker compose down -v` at the end, whatever happened. The ranker API's port is lb's."""
     ports = {"ranker": free_port(), "mlflow": free_port(), "prometheus": free_port()}
     env = host_shell.env | {
         "RANKER_PORT": str(ports["ranker"]),
@@ -208,19 +222,24 @@ def stack(image: str, host_shell: HostShell) -> Iterator[Stack]:
     }
     stack = Stack(f"driver-ranker-test-{uuid.uuid4().hex[:8]}", env, ports)
     try:
-        # What `up` builds first on a fresh machine (the MLflow server's image), timed on its own.
+        # What `up` builds first on a fresh machine (the MLflow server's and HAProxy's images),
+        # timed on its own.
         started = time.monotonic()
         stack.compose("build")
-        REPORT["docker compose build (the MLflow server image)"] = f"{time.monotonic() - started:.1f} s"
+        REPORT["docker compose build (the MLflow server and lb images)"] = (
+            f"{time.monotonic() - started:.1f} s"
+        )
         started = time.monotonic()
         stack.compose("up", "-d", "--wait")
-        REPORT["docker compose up -d --wait, to a healthy ranker"] = f"{time.monotonic() - started:.1f} s"
+        REPORT["docker compose up -d --wait, to a healthy ranker behind lb"] = (
+            f"{time.monotonic() - started:.1f} s"
+        )
         REPORT["of which the init job"] = (
             f"{seconds_between(stack.container('init'), 'StartedAt', 'FinishedAt'):.1f} s"
         )
         yield stack
     finally:
-        # Also the MLflow server image compose built under this project's name (its layers stay cached).
+        # Also the images compose built under this project's name (their layers stay cached).
         stack.compose(
             "--profile", "monitoring", "down", "-v", "--remove-orphans", "--rmi", "local", check=False
         )

@@ -1,13 +1,18 @@
 """`docker compose up` of the Bento, end to end, in the order a user meets it: up and healthy, the
 champion's answers (the same as the process topology's), a release, faults, restarts, monitoring,
-and `down -v`. The steps share one stack and run in this order."""
+three rankers behind the lb (`--scale ranker=3`) and one of them killed, and `down -v`. The steps
+share one stack and run in this order; every request goes through lb, HAProxy, the ranker API's
+one published port."""
 
 from __future__ import annotations
 
+import csv
+import io
+import re
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import httpx
@@ -18,7 +23,7 @@ from driver_ranker.ops.stack import free_port, serve_until_ready, stop_process_g
 from tests.compose.conftest import REPORT, Stack, run, wait_until
 
 DRIVERS = [*range(1001, 1021), 77]  # twenty known drivers and one unknown
-LONG_RUNNING = {"redis", "postgres", "mlflow", "ranker"}
+LONG_RUNNING = {"redis", "postgres", "mlflow", "ranker", "lb"}
 
 
 def answer(stack: Stack, request_id: str = "compose-test") -> dict:
@@ -224,14 +229,106 @@ def test_6_prometheus_scrapes_the_ranker(stack):
         )
 
     target = wait_until(ranker_target, 90, "Prometheus's driver-ranker target up", interval=1)
-    assert target["scrapeUrl"] == "http://ranker:3000/metrics"
+    assert re.fullmatch(r"http://[\d.]+:3000/metrics", target["scrapeUrl"]), target  # a replica, by DNS
     query = httpx.get(
         f"{stack.url('prometheus')}/api/v1/query", params={"query": "driver_ranker_requests_total"}, timeout=2
     ).json()
     assert query["status"] == "success" and query["data"]["result"], query
 
 
-def test_7_down_v_leaves_nothing(stack):
+def requests_answered(stack: Stack, replica: int) -> float:
+    """The 200s a ranker replica has answered, from its own /metrics (summed over its workers)."""
+    metrics = stack.fetch("ranker", "http://127.0.0.1:3000/metrics", index=replica)
+    return sum(
+        float(value)
+        for value in re.findall(
+            r'^driver_ranker_requests_total\{[^}]*outcome="ok"[^}]*\} (\S+)$', metrics, re.M
+        )
+    )
+
+
+def lb_states(stack: Stack) -> dict[str, str]:
+    """HAProxy's view of the rankers: server slot -> UP, DOWN, MAINT (no replica at that slot), ..."""
+    rows = csv.DictReader(io.StringIO(stack.fetch("lb", "http://127.0.0.1:8404/stats;csv").lstrip("# ")))
+    return {
+        row["svname"]: row["status"]
+        for row in rows
+        if row["pxname"] == "rankers" and row["svname"] != "BACKEND"
+    }
+
+
+def post_from_threads(
+    stack: Stack, seconds: float, during: Callable[[], None] | None = None
+) -> list[tuple[float, int]]:
+    """4 clients posting through lb for `seconds`; `during()` runs a third of the way in. Returns
+    (seconds taken, status) per request, status 0 for a transport error."""
+    seen: list[tuple[float, int]] = []
+    stop = threading.Event()
+
+    def loop() -> None:
+        with httpx.Client(base_url=stack.url("ranker"), timeout=10) as client:
+            while not stop.is_set():
+                sent = time.monotonic()
+                try:
+                    status = client.post("/inference", json={"driver_ids": DRIVERS[:5]}).status_code
+                except httpx.HTTPError:
+                    status = 0
+                seen.append((time.monotonic() - sent, status))
+
+    threads = [threading.Thread(target=loop, daemon=True) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    try:
+        time.sleep(seconds / 3)
+        if during is not None:
+            during()
+        time.sleep(seconds * 2 / 3)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(15)
+    return seen
+
+
+def test_7_scaled_to_three_rankers_behind_the_lb_all_take_traffic(stack):
+    started_up = time.monotonic()
+    stack.compose("up", "-d", "--wait", "--scale", "ranker=3")
+    REPORT["up -d --wait --scale ranker=3, to 3 healthy rankers"] = f"{time.monotonic() - started_up:.1f} s"
+    rankers = stack.replicas("ranker")
+    assert [c["State"]["Health"]["Status"] for c in rankers] == ["healthy"] * 3
+    # HAProxy found the two new ones through Docker's DNS, and their checks pass.
+    wait_until(
+        lambda: list(lb_states(stack).values()).count("UP") == 3,
+        60,
+        "HAProxy with 3 rankers UP",
+        interval=1,
+    )
+    before = {replica: requests_answered(stack, replica) for replica in (1, 2, 3)}
+    seen = post_from_threads(stack, 6)
+    answered = [requests_answered(stack, replica) - count for replica, count in before.items()]
+    assert Counter(status for _, status in seen) == {200: len(seen)}
+    assert all(count > 0 for count in answered), answered
+    assert sum(answered) == len(seen)
+    REPORT["through lb, requests answered per ranker replica"] = " / ".join(f"{n:.0f}" for n in answered)
+
+
+def test_8_one_of_three_rankers_killed_under_traffic_fails_no_request(stack):
+    victim = stack.replicas("ranker")[1]["Id"]
+
+    def kill() -> None:
+        run(["docker", "kill", "--signal", "KILL", victim])
+
+    seen = post_from_threads(stack, 12, during=kill)
+    statuses = Counter(status for _, status in seen)
+    slowest = max(took for took, _ in seen)
+    REPORT["one of 3 rankers killed (SIGKILL) under 4 clients"] = (
+        f"{len(seen)} requests, {len(seen) - statuses[200]} failed, slowest {slowest * 1000:.0f} ms"
+    )
+    assert statuses == {200: len(seen)}, statuses
+    assert list(lb_states(stack).values()).count("UP") == 2, lb_states(stack)
+
+
+def test_9_down_v_leaves_nothing(stack):
     stack.compose("--profile", "monitoring", "down", "-v")
     label = f"label=com.docker.compose.project={stack.project}"
     assert run(["docker", "ps", "-aq", "--filter", label]).stdout.split() == []

@@ -19,7 +19,7 @@ NOT_IN_COMPOSE = {
     "bento_model_tag": "unset: `driver-ranker:latest`, in the image the model its Bento carries",
     "batch_chunk_rows": "batch scoring is a job (`make batch`), not part of the service",
 }
-LONG_RUNNING = {"redis", "postgres", "mlflow", "ranker", "prometheus"}
+LONG_RUNNING = {"redis", "postgres", "mlflow", "ranker", "lb", "prometheus"}
 
 
 def dotenv(path: Path) -> dict[str, str]:
@@ -111,9 +111,23 @@ def test_names_ports_and_urls_agree(services):
     assert f"--port={mlflow.port}" in services["mlflow"]["command"]
     container_port = int(environment["PORT"])
     assert container_port == Settings.model_fields["port"].default
-    assert any(p.endswith(f":{container_port}") for p in services["ranker"]["ports"])
     assert f"127.0.0.1:{container_port}/readyz" in " ".join(services["ranker"]["healthcheck"]["test"])
-    assert "ranker:3000" in (DEPLOYMENT / "prometheus.yml").read_text()
+    # Prometheus scrapes every replica, found by the service's name, on the port it serves.
+    scrape = yaml.safe_load((DEPLOYMENT / "prometheus.yml").read_text())["scrape_configs"][0]
+    assert scrape["dns_sd_configs"] == [{"names": ["ranker"], "type": "A", "port": container_port}]
+    # Clients reach the rankers through lb only: HAProxy finds them by the service's name on the
+    # port they serve, checks the route the ranker's own health check does, and listens where lb
+    # publishes; its stats page is where lb's health check looks.
+    assert "ports" not in services["ranker"]
+    haproxy = (DEPLOYMENT / "haproxy.cfg").read_text()
+    assert re.search(
+        rf"^    server-template ranker \d+ ranker:{container_port} check resolvers docker ", haproxy, re.M
+    )
+    assert re.search(r"^    option httpchk GET /readyz$", haproxy, re.M)
+    (lb_port,) = [p.rsplit(":", 1)[1] for p in services["lb"]["ports"]]
+    assert re.search(rf"^    bind :{lb_port}$", haproxy, re.M)
+    (stats,) = re.findall(r"^    bind (127\.0\.0\.1:\d+)$", haproxy, re.M)
+    assert f"http://{stats}/healthz" in " ".join(services["lb"]["healthcheck"]["test"])
 
 
 def test_mlflow_allows_the_host_the_ranker_sends(services):
@@ -133,6 +147,7 @@ def test_long_running_services_are_health_checked_and_awaited(services):
     assert "healthcheck" not in services["init"] and services["init"]["restart"] == "no"
     depends = services["ranker"]["depends_on"]
     assert depends["redis"]["condition"] == depends["mlflow"]["condition"] == "service_healthy"
+    assert services["lb"]["depends_on"]["ranker"]["condition"] == "service_healthy"
     assert depends["init"]["condition"] == "service_completed_successfully"
     assert services["mlflow"]["depends_on"]["postgres"]["condition"] == "service_healthy"
     assert services["prometheus"]["profiles"] == ["monitoring"]
@@ -147,10 +162,15 @@ def test_the_ranker_image_and_its_build_agree(services):
     assert services["ranker"]["image"] == services["init"]["image"] == "driver-ranker:latest"
     assert bentofile["name"] == "driver-ranker"
     assert {e["name"] for e in bentofile["envs"]} <= set(env_names().values()) | set(IMAGE_ONLY_ENVS)
-    # The Feast registry volume is mounted where the service looks for it, read-only for the ranker.
+    # The offline data is init's alone; the Feast registry is PostgreSQL's database of its own, which
+    # the postgres image's init script creates: rankers share no volume, so they scale.
     repo = services["ranker"]["environment"]["FEAST_REPO_PATH"]
-    assert services["ranker"]["volumes"] == [f"feast-data:{repo}/data:ro"]
+    assert "volumes" not in services["ranker"]
     assert services["init"]["volumes"] == [f"feast-data:{repo}/data"]
+    registry = services["ranker"]["environment"]["FEAST_REGISTRY"]
+    assert registry.startswith("postgresql://") and registry.endswith("@postgres:5432/feast")
+    assert "./postgres-init:/docker-entrypoint-initdb.d:ro" in services["postgres"]["volumes"]
+    assert "createdb" in (DEPLOYMENT / "postgres-init" / "feast-registry.sh").read_text()
     assert services["init"]["entrypoint"][-2:] == ["driver_ranker.ops.bootstrap", "prepare"]
     # The server is the MLflow the client in the image and the host's tools are.
     pyproject = (PROJECT_ROOT / "pyproject.toml").read_text()
@@ -169,7 +189,8 @@ def published(service: dict) -> list[tuple[str, str, str]]:
     return mappings
 
 
-BIND = {"mlflow": "MLFLOW_BIND", "ranker": "RANKER_BIND", "prometheus": "PROMETHEUS_BIND"}
+# The ranker API is published by lb (HAProxy in front of the replicas), under the ranker's names.
+BIND = {"mlflow": "MLFLOW_BIND", "lb": "RANKER_BIND", "prometheus": "PROMETHEUS_BIND"}
 
 
 def test_every_published_port_is_loopback_by_default(services):
@@ -214,7 +235,7 @@ def test_published_ports_match_the_containers(services):
     ports = {name: published(services[name])[0][1:] for name in BIND}
     env = dotenv(DEPLOYMENT / ".env")
     assert ports["mlflow"] == (env["MLFLOW_PORT"], "5000")
-    assert ports["ranker"] == (env["RANKER_PORT"], services["ranker"]["environment"]["PORT"])
+    assert ports["lb"] == (env["RANKER_PORT"], services["ranker"]["environment"]["PORT"])
     assert ports["prometheus"] == (env["PROMETHEUS_PORT"], "9090")
 
 
@@ -342,12 +363,55 @@ def test_the_image_installs_the_lock_as_it_is_without_a_compiler():
     assert "--no-deps" in template and "-r ./env/python/requirements.txt" in template
     assert "apt-get" not in template
     assert f'"uv=={lock_pins("requirements-dev.lock")["uv"]}"' in template
-    # No Dockerfile of the ranker's own: the MLflow server's, and BentoML's template block.
+    # No Dockerfile of the ranker's own: the MLflow server's, HAProxy's, and BentoML's template block.
     assert not list(PROJECT_ROOT.glob("*Dockerfile*"))
     assert sorted(p.name for p in DEPLOYMENT.glob("*Dockerfile*")) == [
         "bento.Dockerfile.j2",
+        "lb.Dockerfile",
         "mlflow.Dockerfile",
     ]
+
+
+def test_the_lb_image_is_haproxy_on_the_slim_python_image_with_this_config(services):
+    assert services["lb"]["build"] == {"context": ".", "dockerfile": "lb.Dockerfile"}
+    lines = [
+        line for line in (DEPLOYMENT / "lb.Dockerfile").read_text().splitlines() if not line.startswith("#")
+    ]
+    # Docker Hub's python:3.11-slim, as the other images (a `# syntax=` first line would pull a frontend).
+    assert lines[0] == "FROM python:3.11-slim"
+    assert not (DEPLOYMENT / "lb.Dockerfile").read_text().startswith("# syntax")
+    text = "\n".join(lines)
+    assert "apt-get install -y --no-install-recommends haproxy" in text
+    assert "COPY haproxy.cfg /etc/haproxy/haproxy.cfg" in text
+    assert '"-f", "/etc/haproxy/haproxy.cfg"' in text
+    assert "USER haproxy" in text and "STOPSIGNAL SIGUSR1" in text
+
+
+def test_haproxy_accepts_its_config_as_compose_and_make_stack_run_it(tmp_path):
+    """`haproxy -c` on deployment/haproxy.cfg, and on what `make stack REPLICAS=n` writes from it."""
+    from driver_ranker.ops.balancer import haproxy_binary, render_config
+
+    binary = haproxy_binary()  # CI installs it (.ci/run); elsewhere this says how
+    local = render_config(3000, 8404, {"ranker1": 3001, "ranker2": 3002})
+    (tmp_path / "local.cfg").write_text(local)
+    for config in (DEPLOYMENT / "haproxy.cfg", tmp_path / "local.cfg"):
+        checked = subprocess.run([binary, "-c", "-f", str(config)], capture_output=True, text=True)
+        assert checked.returncode == 0 and "ALERT" not in checked.stderr, checked.stdout + checked.stderr
+        assert "WARNING" not in checked.stderr, checked.stderr
+    assert not re.search(r"^resolvers |resolvers docker|127\.0\.0\.11", local, re.M)
+    assert re.findall(r"^    server (\S+) (\S+) check$", local, re.M) == [
+        ("ranker1", "127.0.0.1:3001"),
+        ("ranker2", "127.0.0.1:3002"),
+    ]
+    assert re.search(r"^    bind 127\.0\.0\.1:3000$", local, re.M)
+    # A dead or draining replica's request goes to another one, and a refused one right away.
+    for line in (
+        "retry-on conn-failure empty-response response-timeout",
+        "option redispatch 1",
+        "option http-buffer-request",
+        "balance leastconn",
+    ):
+        assert re.search(rf"^    {line}$", local, re.M), line
 
 
 # Documents that live outside this repository; the project must stand on its own. The patterns are

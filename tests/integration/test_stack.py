@@ -10,10 +10,11 @@ from mlflow import MlflowClient
 from driver_ranker.config import Settings
 from driver_ranker.jobs.data import DataSpec
 from driver_ranker.jobs.training import TrainOptions, train
-from driver_ranker.ops import bootstrap
+from driver_ranker.ops import balancer, bootstrap
 from driver_ranker.ops.stack import (
     bootstrap_env,
     drop_postgres_database,
+    main,
     mlflow_server,
     mlflow_works,
     postgres_backend,
@@ -87,3 +88,17 @@ def test_init_against_an_existing_server_registers_nothing_without_demo_data(tmp
         assert driver_keys(settings) == 0
     finally:
         teardown_repo(settings)
+
+
+def test_make_stack_replicas_need_haproxy_and_say_how_to_get_it(monkeypatch, tmp_path):
+    # `make stack REPLICAS=n` installs it as root; anyone else is told how, before any replica starts.
+    monkeypatch.setattr(balancer.shutil, "which", lambda *args, **kwargs: None)
+    replicas = tmp_path / "replicas"
+    with (
+        pytest.raises(RuntimeError, match="apt-get install haproxy"),
+        balancer.balanced_replicas(2, {}, replicas, 0),
+    ):
+        pass
+    assert not replicas.exists()
+    with pytest.raises(SystemExit):
+        main(["--replicas", "0"])
