@@ -31,7 +31,7 @@ from driver_ranker.jobs.data import FIRST_DRIVER_ID, completion_probability
 from driver_ranker.jobs.training import TrainOptions, train
 from driver_ranker.model.registry import connect, version_for_alias
 from driver_ranker.ops.bootstrap import prepare
-from driver_ranker.ops.stack import free_port, serve_until_ready, stop_process_group
+from driver_ranker.ops.processes import free_port, serve_until_ready, stop_process_group
 
 OUT = PROJECT_ROOT / "artifacts" / "ab"
 ALIAS = "ab-sim"

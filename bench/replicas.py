@@ -26,7 +26,7 @@ from bench.run import OUT, load_asyncio, load_wrk, summarize
 from driver_ranker.config import get_settings
 from driver_ranker.ops.balancer import Balancer, Replicas, balanced_replicas
 from driver_ranker.ops.bootstrap import prepare
-from driver_ranker.ops.stack import free_port
+from driver_ranker.ops.processes import free_port
 
 DRIVERS = 5
 CONCURRENCY = 16

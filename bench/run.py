@@ -40,7 +40,7 @@ from driver_ranker.features.online import FeastSdkReader, open_reader
 from driver_ranker.features.store import open_store
 from driver_ranker.jobs.data import FIRST_DRIVER_ID, DataSpec
 from driver_ranker.ops.bootstrap import prepare
-from driver_ranker.ops.stack import free_port, serve_until_ready, stop_process_group
+from driver_ranker.ops.processes import free_port, serve_until_ready, stop_process_group
 from driver_ranker.serving.ranker import Ranker
 from driver_ranker.serving.schemas import InferenceRequest
 from tests.support.stack import make_feast_repo, repo_settings

@@ -19,7 +19,7 @@ import psutil
 from bench.run import OUT, start
 from driver_ranker.config import get_settings
 from driver_ranker.ops.bootstrap import prepare
-from driver_ranker.ops.stack import stop_process_group
+from driver_ranker.ops.processes import stop_process_group
 
 # (kind, body, expected status); the mix repeats in this order.
 TRAFFIC = [

@@ -26,7 +26,7 @@ from pathlib import Path
 import httpx
 
 from driver_ranker.config import PROJECT_ROOT
-from driver_ranker.ops.stack import free_port, kill_tree, serve_until_ready, stop_process_group
+from driver_ranker.ops.processes import free_port, kill_tree, serve_until_ready, stop_process_group
 
 HAPROXY_CONFIG = PROJECT_ROOT / "deployment" / "haproxy.cfg"
 BACKEND = "rankers"

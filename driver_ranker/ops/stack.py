@@ -17,7 +17,6 @@ import contextlib
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,55 +25,14 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
-import psutil
 
 from driver_ranker.config import PROJECT_ROOT, get_settings
+from driver_ranker.ops.processes import stop_process_group
 
 logger = logging.getLogger("driver_ranker.ops.stack")
 
 # The Host headers the server accepts: the compose service name and the loopback names.
 ALLOWED_HOSTS = "mlflow,mlflow:5000,localhost,localhost:*,127.0.0.1,127.0.0.1:*"
-
-
-def free_port() -> int:
-    """A TCP port nothing listens on now, on the loopback interface."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def serve_until_ready(
-    target: str,
-    port: int,
-    env: Mapping[str, str],
-    log_path: Path,
-    ready_timeout: float = 120,
-    host: str | None = None,
-) -> subprocess.Popen:
-    """`bentoml serve target` on `port` in a session of its own, once its /readyz says 200.
-
-    Output goes to `log_path`; a server that exits or is not ready in time is reported with its tail.
-    `host`: the address it listens on (None: BentoML's default, every interface).
-    """
-    bind = ["--host", host] if host else []
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "bentoml", "serve", target, "--port", str(port), *bind],
-            cwd=PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
-    deadline = time.monotonic() + ready_timeout
-    while True:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{target} exited with {proc.returncode}:\n{log_path.read_text()[-4000:]}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline:
-            stop_process_group(proc)
-            raise TimeoutError(f"{target} not ready in {ready_timeout}s:\n{log_path.read_text()[-4000:]}")
-        time.sleep(0.05)
 
 
 def postgres_backend(database: str, dsn: str = "host=127.0.0.1 port=5432 user=postgres") -> str | None:
@@ -146,34 +104,6 @@ def mlflow_server(backend_uri: str, artifacts: Path, port: int, log_path: Path) 
         yield url
     finally:
         stop_process_group(proc)
-
-
-def stop_process_group(proc: subprocess.Popen, grace_s: float = 15) -> None:
-    """SIGTERM to the process and its children, SIGKILL after the grace period."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(grace_s)
-        except subprocess.TimeoutExpired:
-            kill_tree(proc)
-
-
-def kill_tree(proc: subprocess.Popen) -> None:
-    """SIGKILL to the process, its group and every descendant, as a container's end would.
-
-    The group is not enough for `bentoml serve`: its process manager (circus) starts each worker in
-    a session of its own, and a worker outliving it keeps serving on the inherited socket.
-    """
-    try:
-        descendants = psutil.Process(proc.pid).children(recursive=True)
-    except psutil.NoSuchProcess:
-        descendants = []
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    for child in descendants:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            child.kill()
-    proc.wait()
 
 
 def bootstrap_env(environ: Mapping[str, str]) -> dict[str, str]:

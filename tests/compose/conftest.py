@@ -29,7 +29,7 @@ import pytest
 
 from driver_ranker.config import PROJECT_ROOT, Settings
 from driver_ranker.jobs.data import DataSpec
-from driver_ranker.ops.stack import free_port
+from driver_ranker.ops.processes import free_port
 from tests.support.stack import make_feast_repo, repo_settings, teardown_repo
 
 COMPOSE_FILE = PROJECT_ROOT / "deployment" / "docker-compose.yml"

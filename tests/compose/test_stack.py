@@ -19,7 +19,7 @@ import httpx
 import pytest
 from mlflow import MlflowClient
 
-from driver_ranker.ops.stack import free_port, serve_until_ready, stop_process_group
+from driver_ranker.ops.processes import free_port, serve_until_ready, stop_process_group
 from tests.compose.conftest import REPORT, Stack, run, wait_until
 
 DRIVERS = [*range(1001, 1021), 77]  # twenty known drivers and one unknown

@@ -13,7 +13,7 @@ import pytest
 
 from driver_ranker.features.store import apply, materialize
 from driver_ranker.jobs.data import DataSpec
-from driver_ranker.ops.stack import stop_process_group
+from driver_ranker.ops.processes import stop_process_group
 from tests.support.stack import make_feast_repo, ranker_server, redis_server, repo_settings, start_ranker
 
 BODY = {"driver_ids": [1001, 1002, 1003]}

@@ -19,8 +19,8 @@ import pytest
 from driver_ranker.config import PROJECT_ROOT, Settings
 from driver_ranker.jobs.training import train
 from driver_ranker.model.registry import connect
+from driver_ranker.ops.processes import free_port, stop_process_group
 from driver_ranker.ops.release import promote
-from driver_ranker.ops.stack import free_port, stop_process_group
 from tests.support.registry import (
     artifact_location,
     create_version_from_run,

@@ -19,7 +19,7 @@ import pytest
 from driver_ranker.config import PROJECT_ROOT, Settings
 from driver_ranker.features.store import apply, materialize
 from driver_ranker.jobs.data import DataSpec, write
-from driver_ranker.ops.stack import free_port, serve_until_ready, stop_process_group
+from driver_ranker.ops.processes import free_port, serve_until_ready, stop_process_group
 
 REDIS = "127.0.0.1:6379"
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import redis
 
-from driver_ranker.ops.stack import free_port
+from driver_ranker.ops.processes import free_port
 from tests.support.stack import wait_for_port
 
 SENTINEL_MASTER = "ranker-master"
