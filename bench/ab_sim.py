@@ -25,7 +25,7 @@ import numpy as np
 import redis
 
 from driver_ranker.config import PROJECT_ROOT, Settings, get_settings
-from driver_ranker.features.store import FEATURE_SERVICE, open_store
+from driver_ranker.features.store import FEATURE_SERVICE, open_store, redis_client
 from driver_ranker.jobs.ab_report import MIN_OUTCOMES, joined, read_log, report
 from driver_ranker.jobs.data import FIRST_DRIVER_ID, completion_probability
 from driver_ranker.jobs.training import TrainOptions, train
@@ -52,10 +52,15 @@ def truth(settings: Settings) -> dict[int, float]:
     return {i: float(q) for i, q in zip(ids, p, strict=True) if not np.isnan(q)}
 
 
-def clear_log(settings: Settings) -> None:
+def log_client(settings: Settings) -> tuple[redis.Redis, str]:
+    """A client of the online store's Redis, which holds the prediction log, and the log's project."""
     store = open_store(settings)
-    client = redis.Redis.from_url(f"redis://{settings.redis_connection_string.split(',')[0]}")
-    for key in client.scan_iter(match=f"dr:{store.project}:*", count=1000):
+    return redis_client(store.config.online_store, 5.0), store.project
+
+
+def clear_log(settings: Settings) -> None:
+    client, project = log_client(settings)
+    for key in client.scan_iter(match=f"dr:{project}:*", count=1000):
         client.delete(key)
 
 
@@ -114,9 +119,7 @@ def main(argv: list[str] | None = None) -> None:
         clear_log(settings)
         split_env = {"ROUTING": "fixed", "CANARY_ALIAS": ALIAS, "CANARY_PERCENT": "50"}
         split = run_pass(workers | split_env, dispatches, p_true)
-        store = open_store(settings)
-        log = redis.Redis.from_url(f"redis://{settings.redis_connection_string.split(',')[0]}")
-        ab_text, _ = report(joined(*read_log(log, store.project)), champion)
+        ab_text, _ = report(joined(*read_log(*log_client(settings))), champion)
         clear_log(settings)
         bandit = run_pass(workers | {"ROUTING": "bandit", "BANDIT_ALIASES": ALIAS}, dispatches, p_true)
         clear_log(settings)

@@ -37,7 +37,7 @@ from bench.batch import table as batch_table
 from bench.connections import SplitSampler
 from driver_ranker.config import PROJECT_ROOT, Settings, get_settings
 from driver_ranker.features.online import FeastSdkReader, open_reader
-from driver_ranker.features.store import open_store
+from driver_ranker.features.store import open_store, redis_client
 from driver_ranker.jobs.data import FIRST_DRIVER_ID, DataSpec
 from driver_ranker.ops.bootstrap import prepare
 from driver_ranker.ops.processes import free_port, serve_until_ready, stop_process_group
@@ -137,6 +137,7 @@ def in_process_timings(repeats: int) -> dict:
     settings = get_settings()
     ranker = Ranker.start(settings)
     store = open_store(settings)
+    counters_client = redis_client(store.config.online_store, 5.0)
     champion = ranker.manager.champion
     names, service = champion.model.feature_names, champion.model.feature_service
     readers = {
@@ -165,7 +166,9 @@ def in_process_timings(repeats: int) -> dict:
             } | {"identical": bool(identical)}
             request = InferenceRequest(**body(size))
             result["server_side_ms"][size] = await median_ms(ranker.answer, request)
-            result["redis_per_request"][size] = await redis_cost(readers["direct"], ids, repeats)
+            result["redis_per_request"][size] = await redis_cost(
+                counters_client, readers["direct"], ids, repeats
+            )
         return result
 
     result = asyncio.run(run())
@@ -173,11 +176,10 @@ def in_process_timings(repeats: int) -> dict:
     return result
 
 
-async def redis_cost(reader, ids: list[int], reads: int) -> dict:
+async def redis_cost(client: redis.Redis, reader, ids: list[int], reads: int) -> dict:
     """Per direct read of `ids`, from Redis's own counters over `reads` reads (the benchmark is
     its only client then): round trips (script calls), HMGETs the script ran, Redis's time in the
     script (its socket I/O not included), bytes each way."""
-    client = redis.Redis.from_url(f"redis://{get_settings().redis_connection_string.split(',')[0]}")
 
     def counters() -> list[int]:
         stats, commands = client.info("stats"), client.info("commandstats")

@@ -3,7 +3,7 @@ scored, by both readers; fresh ones come with their age."""
 
 import asyncio
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import numpy as np
 import pandas as pd
@@ -12,7 +12,7 @@ import pytest
 from driver_ranker.features.online import FeastSdkReader, RedisFeatureReader, _rows
 from driver_ranker.features.store import open_store
 from driver_ranker.jobs.data import DataSpec
-from tests.support.stack import make_feast_repo, repo_settings, teardown_repo
+from tests.support.stack import make_feast_repo, repo_settings, teardown_repo, write_aged_statistics
 
 FEATURES = ("conv_rate", "acc_rate", "avg_daily_trips")
 SERVICE = "driver_ranker_v1"
@@ -29,21 +29,7 @@ def settings(tmp_path_factory):
 
 
 def written_statistics(settings) -> tuple[pd.DataFrame, float]:
-    """Writes one row per driver of OLD and FRESH, as of now minus its age, through Feast."""
-    now = datetime.now(UTC)
-    ages = OLD | FRESH
-    frame = pd.DataFrame(
-        {
-            "driver_id": list(ages),
-            "event_timestamp": [now - age for age in ages.values()],
-            "created": now,
-            "conv_rate": np.linspace(0.1, 0.6, len(ages)).astype(np.float32),
-            "acc_rate": np.linspace(0.9, 0.4, len(ages)).astype(np.float32),
-            "avg_daily_trips": np.arange(10, 10 + len(ages)),
-        }
-    )
-    open_store(settings).write_to_online_store("driver_stats", frame)
-    return frame.set_index("driver_id"), now.timestamp()
+    return write_aged_statistics(settings, OLD | FRESH)
 
 
 @pytest.mark.parametrize("reader_class", [RedisFeatureReader, FeastSdkReader])

@@ -6,17 +6,16 @@ included; on the cluster, in one call per master."""
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import numpy as np
-import pandas as pd
 import pytest
 import redis
 
 from driver_ranker.features.online import FeastSdkReader, RedisFeatureReader, open_reader
 from driver_ranker.features.store import open_store
 from driver_ranker.jobs.data import DataSpec
-from tests.support.stack import make_feast_repo, repo_settings
+from tests.support.stack import make_feast_repo, repo_settings, write_aged_statistics
 from tests.support.topologies import SENTINEL_MASTER, redis_cluster, redis_sentinel
 
 FEATURES = ("conv_rate", "acc_rate", "avg_daily_trips")
@@ -37,19 +36,7 @@ def topology(request, tmp_path_factory):
             folder, DataSpec(n_drivers=40, days=2, n_orders=100), topology.connection_string, **overrides
         )
         settings = repo_settings(repo, topology.connection_string, **overrides)
-        now = datetime.now(UTC)
-        ages = STALE | FRESH
-        frame = pd.DataFrame(
-            {
-                "driver_id": list(ages),
-                "event_timestamp": [now - age for age in ages.values()],
-                "created": now,
-                "conv_rate": np.float32(0.25),
-                "acc_rate": np.float32(0.75),
-                "avg_daily_trips": 12,
-            }
-        )
-        open_store(settings).write_to_online_store("driver_stats", frame)
+        write_aged_statistics(settings, STALE | FRESH)
         yield settings, topology
 
 

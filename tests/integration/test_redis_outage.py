@@ -3,7 +3,6 @@ and drives the service from several threads."""
 
 import re
 import signal
-import threading
 import time
 from collections import Counter
 
@@ -14,46 +13,10 @@ import pytest
 from driver_ranker.features.store import apply, materialize
 from driver_ranker.jobs.data import DataSpec
 from driver_ranker.ops.processes import stop_process_group
+from tests.support.load import Load
 from tests.support.stack import make_feast_repo, ranker_server, redis_server, repo_settings, start_ranker
 
 BODY = {"driver_ids": [1001, 1002, 1003]}
-THREADS = 4
-
-
-class Load:
-    """Clients posting from several threads until stopped; records (time, status, seconds, body)."""
-
-    def __init__(self, url: str):
-        self.url = url
-        self.results: list[tuple[float, int, float, dict | None]] = []
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._run) for _ in range(THREADS)]
-
-    def _run(self) -> None:
-        with httpx.Client(base_url=self.url, timeout=5) as http:
-            while not self._stop.is_set():
-                started = time.monotonic()
-                try:
-                    response = http.post("/inference", json=BODY)
-                except httpx.TransportError:
-                    self.results.append((started, -1, time.monotonic() - started, None))
-                    continue
-                self.results.append(
-                    (started, response.status_code, time.monotonic() - started, response.json())
-                )
-
-    def __enter__(self) -> "Load":
-        for t in self._threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        for t in self._threads:
-            t.join()
-
-    def since(self, moment: float) -> list[tuple[float, int, float, dict | None]]:
-        return [r for r in self.results if r[0] >= moment]
 
 
 def first_200_after(load: Load, moment: float, within: float) -> float:
@@ -80,7 +43,7 @@ def own_redis_stack(tmp_path, feast_settings, champion):
 def test_redis_killed_under_load_gives_fast_503_and_recovers_without_restart(own_redis_stack):
     proc, settings = own_redis_stack
     port = int(settings.redis_connection_string.rsplit(":", 1)[1])
-    with ranker_server(settings, workers=2) as url, Load(url) as load:
+    with ranker_server(settings, workers=2) as url, Load(url, BODY) as load:
         time.sleep(1)
         killed_at = time.monotonic()
         proc.kill()
@@ -112,7 +75,10 @@ def test_redis_killed_under_load_gives_fast_503_and_recovers_without_restart(own
 def test_frozen_redis_under_load_gives_bounded_503_then_recovery(own_redis_stack, reader):
     """Both readers: the direct one, and Feast's SDK (async, so a timeout leaves no thread blocked)."""
     proc, settings = own_redis_stack
-    with ranker_server(settings, workers=2, extra_env={"FEATURE_READER": reader}) as url, Load(url) as load:
+    with (
+        ranker_server(settings, workers=2, extra_env={"FEATURE_READER": reader}) as url,
+        Load(url, BODY) as load,
+    ):
         time.sleep(1)
         workers = [
             psutil.Process(p) for p in {httpx.get(f"{url}/model").json()["worker_pid"] for _ in range(20)}
@@ -172,7 +138,7 @@ def test_redis_restarted_empty_is_not_ready_and_says_every_driver_is_unknown(own
 def test_sigterm_under_load_finishes_in_flight_requests_and_exits(feast_settings, champion):
     proc, url = start_ranker(feast_settings, workers=2)
     try:
-        with Load(url) as load:
+        with Load(url, BODY) as load:
             time.sleep(1)
             stopped_at = time.monotonic()
             proc.send_signal(signal.SIGTERM)  # to the server only, as `docker stop` does

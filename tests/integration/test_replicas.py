@@ -7,66 +7,20 @@ request: what a dead or draining replica refused or dropped unanswered is retrie
 from __future__ import annotations
 
 import os
-import statistics
-import threading
 import time
-from collections import Counter
 from collections.abc import Iterator
 
-import httpx
 import pytest
 
 from driver_ranker.ops.balancer import Balancer, Replicas, balanced_replicas
+from tests.support.load import Load
 from tests.support.stack import free_port, settings_env
 
 pytestmark = pytest.mark.slow
 
 BODY = {"driver_ids": [1001, 1002, 1003, 1004, 1005]}
-THREADS = 4
 SECONDS = 20
 REPLICAS = 3
-
-
-class Load:
-    """THREADS clients posting through HAProxy until stopped; records (sent, status, seconds) of
-    each request, status -1 for a transport error (refused, reset, timed out)."""
-
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self.results: list[tuple[float, int, float]] = []
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._run) for _ in range(THREADS)]
-
-    def _run(self) -> None:
-        with httpx.Client(base_url=self.url, timeout=10) as http:
-            while not self._stop.is_set():
-                sent = time.monotonic()
-                try:
-                    status = http.post("/inference", json=BODY).status_code
-                except httpx.TransportError:
-                    status = -1
-                self.results.append((sent, status, time.monotonic() - sent))
-
-    def __enter__(self) -> Load:
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join()
-
-    def report(self, what: str, since: float) -> str:
-        """The counts, and the slowest answers: the outage, if a client saw one."""
-        statuses = Counter(status for _, status, _ in self.results)
-        took = sorted(seconds for _, _, seconds in self.results)
-        failed = sum(n for status, n in statuses.items() if status != 200)
-        return (
-            f"{what}: {len(self.results)} requests in {time.monotonic() - since:.1f} s, {failed} failed "
-            f"{dict(statuses)}; latency p50 {statistics.median(took) * 1e3:.1f} ms, "
-            f"p99 {took[int(len(took) * 0.99)] * 1e3:.1f} ms, max {took[-1] * 1e3:.0f} ms"
-        )
 
 
 def answered(balancer: Balancer, since: dict[str, int] | None = None) -> dict[str, int]:
@@ -99,7 +53,7 @@ def test_a_replica_killed_mid_run_fails_no_request(all_up):
     victim = replicas.members[1]
     before, counted = balancer.totals(), answered(balancer)
     started = time.monotonic()
-    with Load(balancer.url) as load:
+    with Load(balancer.url, BODY, timeout_s=10) as load:
         time.sleep(SECONDS / 2)
         killed_at = time.monotonic()
         replicas.kill(victim)
@@ -114,7 +68,7 @@ def test_a_replica_killed_mid_run_fails_no_request(all_up):
         f"{after['retried'] - before['retried']}, redispatched {after['redispatched'] - before['redispatched']}; "
         f"answers per replica {served}"
     )
-    failed = [(round(sent - killed_at, 3), status) for sent, status, _ in load.results if status != 200]
+    failed = [(round(sent - killed_at, 3), status) for sent, status, _, _ in load.results if status != 200]
     assert failed == [], f"failed requests (s after the kill, status): {failed[:20]}"
     assert all(served[r.name] > 0 for r in replicas.members), served
     # Once it was out, the others answered everything.
@@ -128,7 +82,7 @@ def test_a_rolling_restart_fails_no_request(all_up):
     before, counted = balancer.totals(), answered(balancer)
     steps = []
     started = time.monotonic()
-    with Load(balancer.url) as load:
+    with Load(balancer.url, BODY, timeout_s=10) as load:
         time.sleep(2)
         for replica in replicas.members:
             drained_in = replicas.stop(replica)  # SIGTERM; it finishes what it accepted, then exits
@@ -152,7 +106,7 @@ def test_a_rolling_restart_fails_no_request(all_up):
         f"HAProxy: retried {after['retried'] - before['retried']}, redispatched "
         f"{after['redispatched'] - before['redispatched']}; answers per replica {served}"
     )
-    failed = [(round(sent - started, 3), status) for sent, status, _ in load.results if status != 200]
+    failed = [(round(sent - started, 3), status) for sent, status, _, _ in load.results if status != 200]
     assert failed == [], f"failed requests (s after the start, status): {failed[:20]}"
     assert all(drained < 30 for _, drained, *_ in steps), "a replica was killed after the grace period"
     # Each replica takes traffic again once it is back.

@@ -12,8 +12,11 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 
 from driver_ranker.config import PROJECT_ROOT, Settings
@@ -66,6 +69,26 @@ def settings_env(settings: Settings) -> dict[str, str]:
         "MLFLOW_ARTIFACT_ROOT": str(settings.mlflow_artifact_root),
         "ONLINE_STORE": settings.online_store,
     }
+
+
+def write_aged_statistics(settings: Settings, ages: dict[int, timedelta]) -> tuple[pd.DataFrame, float]:
+    """Writes one row of statistics per driver, as of now minus its age, through Feast; returns the
+    rows by driver id and the time written (epoch seconds)."""
+    from driver_ranker.features.store import open_store
+
+    now = datetime.now(UTC)
+    frame = pd.DataFrame(
+        {
+            "driver_id": list(ages),
+            "event_timestamp": [now - age for age in ages.values()],
+            "created": now,
+            "conv_rate": np.linspace(0.1, 0.6, len(ages)).astype(np.float32),
+            "acc_rate": np.linspace(0.9, 0.4, len(ages)).astype(np.float32),
+            "avg_daily_trips": np.arange(10, 10 + len(ages)),
+        }
+    )
+    open_store(settings).write_to_online_store("driver_stats", frame)
+    return frame.set_index("driver_id"), now.timestamp()
 
 
 def teardown_repo(settings: Settings) -> None:
