@@ -85,6 +85,11 @@ class Settings(BaseSettings):
         64, ge=1, description="Requests in progress per service (split over workers); past it, 429."
     )
     request_timeout_s: float = Field(10.0, gt=0, description="BentoML's bound on one request.")
+    trace_requests: bool = Field(
+        False,
+        description="Open BentoML's OpenTelemetry span for every request (exporter and sample rate "
+        "from BentoML's `tracing` configuration). Off, the routes skip it: it cost as much as a ranking.",
+    )
     keepalive_max_requests: int = Field(
         10_000, ge=1, description="Requests one keep-alive connection serves before it is closed."
     )

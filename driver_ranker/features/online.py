@@ -13,6 +13,7 @@ reported stale, not scored (Feast's online read returns whatever the store holds
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import sqlite3
 import time
@@ -73,18 +74,30 @@ SCAN_COUNT = 1000
 """Keys one SCAN call looks at while readiness looks for any row of the reader's views."""
 SCAN_BUDGET_S = 1.0
 """Bound on that search; a Redis with many other keys and none of ours is reported not ready."""
+KEYS_PER_CALL = 1000
+"""Most keys one script call reads when reads share a round trip: Redis runs one script at a time."""
+DECODED_ROWS = 10_000
+"""Drivers' raw replies remembered with their decoded values (a few MB): features change only when
+materialized, so most reads decode nothing; past this many, the memory starts again."""
 
 # HMGET of the same fields on every key, run inside Redis: one command and one reply for a whole
 # request instead of a pipeline of one command per driver (whose client-side cost dominated).
-# ARGV = number of fields, the fields, then the keys. The keys are not declared as KEYS because a
-# Redis Cluster refuses declared keys of different slots (CROSSSLOT), and a request's drivers hash
-# to many; a script without flags may read any key its node holds, so a cluster gets one call per
-# node with that node's keys. A key the node no longer holds (a slot moved) fails the whole call.
+# ARGV = number of fields, the fields, the length of one key, then every key back to back in one
+# argument: the keys of one reader have one length (one integer join key, one project), and one
+# argument costs the client a fraction of a hundred (redis-py packs arguments in Python). The keys
+# are not declared as KEYS because a Redis Cluster refuses declared keys of different slots
+# (CROSSSLOT), and a request's drivers hash to many; a script without flags may read any key its
+# node holds, so a cluster gets one call per node with that node's keys. A key the node no longer
+# holds (a slot moved) fails the whole call.
 HMGET_ALL = """
 local n = tonumber(ARGV[1])
 local fields = {unpack(ARGV, 2, n + 1)}
+local size = tonumber(ARGV[n + 2])
+local keys = ARGV[n + 3]
 local replies = {}
-for i = n + 2, #ARGV do replies[i - n - 1] = redis.call('HMGET', ARGV[i], unpack(fields)) end
+for i = 1, #keys, size do
+  replies[#replies + 1] = redis.call('HMGET', string.sub(keys, i, i + size - 1), unpack(fields))
+end
 return replies
 """
 
@@ -154,55 +167,56 @@ class OnlineFeatureReader(Protocol):
         ...
 
 
+def _matrix(rows: list[Sequence[float | None]], n_rows: int, n_columns: int) -> np.ndarray:
+    """float64 (n_rows, n_columns) from rows of numbers: np.fromiter skips np.array's shape discovery."""
+    flat = itertools.chain.from_iterable(rows)
+    return np.fromiter(flat, dtype=np.float64, count=n_rows * n_columns).reshape(n_rows, n_columns)
+
+
 def _rows(
     driver_ids: Sequence[int],
     values: Sequence[Sequence[float | None]],
-    view_times: Sequence[Sequence[float | None]],
+    event_times: Sequence[Sequence[float | None]],
     ttls_s: Sequence[float],
     n_features: int,
     now: float,
 ) -> FeatureRows:
     """Splits per-driver values into fresh rows, stale ids and unknown ids.
 
-    `values[i]` are driver i's model inputs (None where missing: unknown); `view_times[v][i]` the
+    `values[i]` are driver i's model inputs (None where missing: unknown); `event_times[i][v]` the
     event time (epoch seconds) of driver i's row of feature view v: older than the view's ttl
     (seconds; 0 = never) is stale. A driver repeated in the request counts once.
     """
-    no_time = {i for times in view_times if None in times for i, t in enumerate(times) if t is None}
-    complete, unknown = [], []  # positions of drivers with every value and event time; ids without
+    complete: list[int] = []  # drivers with every value and event time, each once
+    rows: list[Sequence[float | None]] = []
+    times: list[Sequence[float | None]] = []
+    unknown: list[int] = []
     seen: set[int] = set()
-    for i, (driver_id, row) in enumerate(zip(driver_ids, values, strict=True)):
+    for driver_id, row, driver_times in zip(driver_ids, values, event_times, strict=True):
         if driver_id in seen:
             continue
         seen.add(driver_id)
-        if None in row or i in no_time:
+        if None in row or None in driver_times:
             unknown.append(driver_id)
-        else:
-            complete.append(i)
+            continue
+        complete.append(driver_id)
+        rows.append(row)
+        times.append(driver_times)
     ttls = np.asarray(ttls_s, dtype=np.float64)
-    times = np.array(view_times, dtype=np.float64).reshape(len(ttls), len(driver_ids))  # None: NaN
-    ages = now - times[:, complete].T
+    ages = now - _matrix(times, len(complete), len(ttls))
     fresh = ~((ttls > 0) & (ages > ttls)).any(axis=1)
-    known = [complete[j] for j in np.flatnonzero(fresh).tolist()]
-    stale = [driver_ids[complete[j]] for j in np.flatnonzero(~fresh).tolist()]
-    matrix = np.array([values[i] for i in known], dtype=np.float64).reshape(len(known), n_features)
-    oldest = ages[fresh].max(axis=1) if len(ttls) else np.zeros(len(known))
-    return FeatureRows([driver_ids[i] for i in known], matrix, unknown, stale, oldest)
+    matrix = _matrix(rows, len(complete), n_features)
+    oldest = ages.max(axis=1) if len(ttls) else np.zeros(len(complete))
+    if fresh.all():
+        return FeatureRows(complete, matrix, unknown, [], oldest)
+    stale = [complete[i] for i in np.flatnonzero(~fresh).tolist()]
+    known = [complete[i] for i in np.flatnonzero(fresh).tolist()]
+    return FeatureRows(known, matrix[fresh], unknown, stale, oldest[fresh])
 
 
 def _seconds(ts: Timestamp) -> float | None:
     """Epoch seconds of Feast's event timestamp; None for the empty one of a missing row."""
     return ts.seconds + ts.nanos * 1e-9 if ts.seconds or ts.nanos else None
-
-
-class _Seconds(dict):
-    """Epoch seconds of serialized event timestamps (None for none), each parsed once per read:
-    materialization writes a batch of drivers with few distinct event times."""
-
-    def __missing__(self, raw: bytes | None) -> float | None:
-        seconds = _seconds(Timestamp.FromString(raw)) if raw else None
-        self[raw] = seconds
-        return seconds
 
 
 class _Readiness:
@@ -218,6 +232,75 @@ class _Readiness:
         reason = await self._probe()
         self._answer = (time.monotonic(), reason)
         return reason
+
+
+class _SharedRoundTrips:
+    """Reads that arrive while one is in flight wait, and then go to Redis together in one call
+    (in calls of at most KEYS_PER_CALL keys): under concurrency a worker's reads share round trips
+    and Redis's cost per call; a read alone goes at once. `fetch(keys)` answers one reply per key.
+    """
+
+    def __init__(self, fetch: Callable[[list[bytes]], Awaitable[list]], timeout_s: float):
+        self._fetch = fetch
+        self._timeout_s = timeout_s
+        self._busy = False
+        self._waiting: list[tuple[list[bytes], asyncio.Future]] = []
+        self._tasks: set[asyncio.Task] = set()
+
+    async def __call__(self, keys: list[bytes]) -> list:
+        if not self._busy:
+            self._busy = True
+            try:
+                return await self._fetch(keys)
+            finally:
+                self._next()
+        future = asyncio.get_running_loop().create_future()
+        self._waiting.append((keys, future))
+        return await future
+
+    def _next(self) -> None:
+        if not self._waiting:
+            self._busy = False
+            return
+        waiting, self._waiting = self._waiting, []
+        task = asyncio.create_task(self._fetch_together(waiting))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _fetch_together(self, waiting: list[tuple[list[bytes], asyncio.Future]]) -> None:
+        try:
+            calls: list[list[tuple[list[bytes], asyncio.Future]]] = [[]]
+            size = 0
+            for keys, future in waiting:
+                if future.done():  # its request gave up (timed out) while waiting
+                    continue
+                if size and size + len(keys) > KEYS_PER_CALL:
+                    calls.append([])
+                    size = 0
+                calls[-1].append((keys, future))
+                size += len(keys)
+            await asyncio.gather(*(self._fetch_call(call) for call in calls if call))
+        finally:
+            self._next()
+
+    async def _fetch_call(self, call: list[tuple[list[bytes], asyncio.Future]]) -> None:
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                replies = await self._fetch([key for keys, _ in call for key in keys])
+        except Exception as exc:
+            for _, future in call:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        except asyncio.CancelledError:
+            for _, future in call:
+                future.cancel()
+            raise
+        start = 0
+        for keys, future in call:
+            if not future.done():
+                future.set_result(replies[start : start + len(keys)])
+            start += len(keys)
 
 
 def _glob_escape(raw: bytes) -> bytes:
@@ -340,7 +423,7 @@ class FeastSdkReader:
     def _rows(self, driver_ids: Sequence[int], response: OnlineResponse | None) -> FeatureRows:
         layout = self._layout
         if response is None:
-            return _rows([], [], [[] for _ in layout.views], layout.ttls_s, len(self._names), time.time())
+            return _rows([], [], [], layout.ttls_s, len(self._names), time.time())
         now = time.time()
         data = response.to_dict()
         values = list(zip(*(data[name] for name in self._names), strict=True))
@@ -350,7 +433,8 @@ class FeastSdkReader:
             [_seconds(ts) for ts in response.proto.results[position[name]].event_timestamps]
             for name in self._ts_features
         ]
-        return _rows(driver_ids, values, view_times, layout.ttls_s, len(self._names), now)
+        event_times = list(zip(*view_times, strict=True))
+        return _rows(driver_ids, values, event_times, layout.ttls_s, len(self._names), now)
 
     async def _hold_ts_fields(self, keys: list[bytes]) -> list[bool]:
         if not keys:
@@ -453,21 +537,27 @@ class RedisFeatureReader:
         self._ts_fields = ts_fields
         self._ts_slots = range(len(feature_fields), len(self._fields))
         self.redis_key = _redis_key_of(store, layout)
+        sizes = {len(self.redis_key(i)) for i in (0, 1, -1, 2**31 - 1, -(2**31))}
+        if len(sizes) != 1:
+            raise DirectReadUnsupported(f"{service_name!r}'s Redis keys differ in length: {sorted(sizes)}")
+        self._key_size = sizes.pop()
         if isinstance(self._client, aioredis.RedisCluster):
             self._hmget_all = self._hmget_per_node
         else:
             script = self._client.register_script(HMGET_ALL)
-            self._hmget_all = lambda keys, fields: script(args=[len(fields), *fields, *keys])
+            self._hmget_all = lambda keys, fields: script(args=self._script_args(keys, fields))
+        self._round_trips = _SharedRoundTrips(lambda keys: self._hmget_all(keys, self._fields), timeout_s)
+        self._decoded: dict[tuple, tuple[tuple[float | None, ...], tuple[float | None, ...]]] = {}
         self._rows_probe = _RedisRows(self._client, store, layout, self._hold_ts_fields)
         self._readiness = _Readiness(self._probe)
 
     async def read(self, driver_ids: Sequence[int]) -> FeatureRows:
-        layout = self._layout
         keys = [self.redis_key(driver_id) for driver_id in driver_ids]
         try:
             async with asyncio.timeout(self._timeout_s):
-                # One script call: every driver's HMGET (features and event times) in one command.
-                replies = await self._hmget_all(keys, self._fields) if keys else []
+                # One script call: every driver's HMGET (features and event times) in one command,
+                # shared with the reads of other requests that arrive meanwhile.
+                replies = await self._round_trips(keys) if keys else []
         except redis.exceptions.NoPermissionError as exc:
             raise FeatureStoreUnavailable(f"{self._location} refused the read: {exc}") from exc
         except (TimeoutError, *REDIS_ERRORS) as exc:
@@ -475,18 +565,32 @@ class RedisFeatureReader:
                 f"{self._location} did not answer: {str(exc) or 'timed out'}"
             ) from exc
         now = time.time()
-        values: list[list[float | None]] = []
-        parse_value, seconds = Value.FromString, _Seconds()
-        for reply in replies:
-            row: list[float | None] = [None] * self._n_features
-            for (column, attr), raw in zip(self._decoders, reply, strict=False):
-                if raw:
-                    value = parse_value(raw)
-                    if value.HasField(attr):
-                        row[column] = getattr(value, attr)
-            values.append(row)
-        view_times = [[seconds[reply[i]] for reply in replies] for i in self._ts_slots]
-        return _rows(driver_ids, values, view_times, layout.ttls_s, self._n_features, now)
+        decoded = [self._decode(reply) for reply in replies]
+        values = [row for row, _ in decoded]
+        event_times = [times for _, times in decoded]
+        return _rows(driver_ids, values, event_times, self._layout.ttls_s, self._n_features, now)
+
+    def _decode(self, reply: list) -> tuple[tuple[float | None, ...], tuple[float | None, ...]]:
+        """One driver's model inputs (None where missing) and each view's event time, parsed from
+        Feast's serialized values once per distinct reply (DECODED_ROWS)."""
+        raw = tuple(reply)
+        known = self._decoded.get(raw)
+        if known is not None:
+            return known
+        row: list[float | None] = [None] * self._n_features
+        for (column, attr), value in zip(self._decoders, raw, strict=False):
+            if value:
+                parsed = Value.FromString(value)
+                if parsed.HasField(attr):
+                    row[column] = getattr(parsed, attr)
+        times = tuple(_seconds(Timestamp.FromString(raw[i])) if raw[i] else None for i in self._ts_slots)
+        if len(self._decoded) >= DECODED_ROWS:
+            self._decoded.clear()
+        known = self._decoded[raw] = (tuple(row), times)
+        return known
+
+    def _script_args(self, keys: list[bytes], fields: list[bytes | str]) -> list:
+        return [len(fields), *fields, self._key_size, b"".join(keys)]
 
     async def _hmget_per_node(self, keys: list[bytes], fields: list[bytes | str]) -> list:
         """HMGET_ALL on a Redis Cluster: the keys grouped by the master that holds their slot, one
@@ -499,7 +603,7 @@ class RedisFeatureReader:
             by_node.setdefault(node.name, (node, []))[1].append(position)
 
         async def ask(node: ClusterNode, positions: list[int]) -> list:
-            args = [len(fields), *fields, *(keys[p] for p in positions)]
+            args = self._script_args([keys[p] for p in positions], fields)
             try:
                 return await cluster.execute_command("EVAL", HMGET_ALL, 0, *args, target_nodes=node)
             except redis.exceptions.ResponseError as exc:

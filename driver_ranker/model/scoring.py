@@ -84,4 +84,5 @@ def rank(score: Scorer, rows: FeatureRows) -> list[tuple[int, float]]:
         return []
     scores = score(rows.matrix)
     order = np.argsort(-scores, kind="stable")
-    return [(rows.driver_ids[i], float(scores[i])) for i in order]
+    ids = np.asarray(rows.driver_ids, dtype=object)[order].tolist()
+    return list(zip(ids, scores[order].tolist(), strict=True))

@@ -22,7 +22,7 @@ import json
 import logging
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import astuple, dataclass, fields
 
 import redis.asyncio as aioredis
 from pydantic import TypeAdapter, ValidationError
@@ -40,7 +40,28 @@ FEEDBACK_SHAPE = "a JSON object with request_id, driver_id and completed, or a l
 logger = logging.getLogger(__name__)
 
 BATCH = 500
-"""Predictions written per pipeline."""
+"""Predictions written per call."""
+
+# A batch of predictions in one call: ARGV = retention (s), the oldest stream id kept (ms), the
+# hash key prefix, the stream, the number of fields, their names, then per prediction a JSON list
+# of its values (strings, request id first). Packing ~40 arguments per prediction in redis-py
+# cost a worker more than its feature read; one argument each costs little. Not on a Redis
+# Cluster, where a request's hash and the stream live in different slots: a pipeline there.
+WRITE_PREDICTIONS = """
+local retention, minid, prefix, stream = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local n = tonumber(ARGV[5])
+local names = {unpack(ARGV, 6, 5 + n)}
+local fields = {}
+for i = 6 + n, #ARGV do
+  local values = cjson.decode(ARGV[i])
+  for j = 1, n do fields[2 * j - 1] = names[j]; fields[2 * j] = values[j] end
+  local key = prefix .. '{' .. values[1] .. '}'
+  redis.call('HSET', key, unpack(fields))
+  redis.call('EXPIRE', key, retention)
+  redis.call('XADD', stream, 'MINID', '~', minid, '*', unpack(fields))
+end
+return #ARGV - 5 - n
+"""
 
 # {code, version}: 2 recorded, for the driver the model recommended (of that version), 1 recorded
 # for another driver, 0 the same outcome again, -1 no such prediction (never answered, or
@@ -72,6 +93,13 @@ class Prediction:
     at: float
     """Epoch seconds of the answer."""
 
+    def values(self) -> list[str]:
+        """The stored form of each field, in PREDICTION_FIELDS' order ("" for None)."""
+        return ["" if v is None else str(v) for v in astuple(self)]
+
+
+PREDICTION_FIELDS = [f.name for f in fields(Prediction)]
+
 
 @dataclass(frozen=True)
 class Outcome:
@@ -100,6 +128,9 @@ class OutcomeStore:
         self._prefix = f"dr:{project}"
         self.retention_s = retention_s
         self._queue: asyncio.Queue[Prediction] = asyncio.Queue(maxsize=queue)
+        self._write_script = (
+            None if isinstance(client, aioredis.RedisCluster) else client.register_script(WRITE_PREDICTIONS)
+        )
 
     def prediction_key(self, request_id: str) -> str:
         return f"{self._prefix}:p:{{{request_id}}}"
@@ -156,13 +187,18 @@ class OutcomeStore:
 
     async def _write(self, batch: list[Prediction]) -> None:
         oldest_ms = int((time.time() - self.retention_s) * 1000)
+        if self._write_script is not None:
+            head = [self.retention_s, oldest_ms, f"{self._prefix}:p:", self.predictions_stream]
+            rows = [json.dumps(p.values(), ensure_ascii=False) for p in batch]
+            await self._write_script(args=[*head, len(PREDICTION_FIELDS), *PREDICTION_FIELDS, *rows])
+            return
         async with self._client.pipeline(transaction=False) as pipe:
             for prediction in batch:
-                fields = {k: "" if v is None else str(v) for k, v in asdict(prediction).items()}
+                mapping = dict(zip(PREDICTION_FIELDS, prediction.values(), strict=True))
                 key = self.prediction_key(prediction.request_id)
-                pipe.hset(key, mapping=fields)
+                pipe.hset(key, mapping=mapping)
                 pipe.expire(key, self.retention_s)
-                pipe.xadd(self.predictions_stream, fields, minid=oldest_ms, approximate=True)
+                pipe.xadd(self.predictions_stream, mapping, minid=oldest_ms, approximate=True)
             await pipe.execute()
 
     async def flush(self, within_s: float = 5.0) -> None:

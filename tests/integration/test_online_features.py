@@ -13,7 +13,7 @@ from driver_ranker.features.online import (
     RedisFeatureReader,
     open_reader,
 )
-from driver_ranker.features.store import apply, materialize, open_store, require_redis
+from driver_ranker.features.store import apply, materialize, open_store, redis_client, require_redis
 from driver_ranker.jobs.data import STATS_FILE
 from tests.support.stack import free_port, repo_settings
 
@@ -125,3 +125,28 @@ def test_redis_that_does_not_answer_fails_fast_with_its_address(feast_settings):
         assert reason is not None and address in reason and "does not answer" in reason
     with pytest.raises(DependencyUnavailable, match=f"{address}.*redis-server"):
         require_redis(store)
+
+
+def test_concurrent_reads_share_round_trips_and_each_gets_its_own_rows(feast_settings):
+    store = open_store(feast_settings)
+    reader = RedisFeatureReader(store, SERVICE, FEATURES, 1.0)
+    sets = [[1001 + i, 99999, 1100 - i, 1001 + i] for i in range(16)]
+    counters = redis_client(store.config.online_store, 5.0)
+
+    def script_calls() -> int:
+        return counters.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0)
+
+    async def scenario():
+        alone = [await reader.read(ids) for ids in sets]
+        before = script_calls()
+        together = await asyncio.gather(*(reader.read(ids) for ids in sets))
+        return alone, together, script_calls() - before
+
+    alone, together, calls = asyncio.run(scenario())
+    # The first read goes alone, the 15 that arrive meanwhile in one call (other clients of this
+    # Redis may add a call or two).
+    assert calls <= 4, calls
+    for ids, a, b in zip(sets, alone, together, strict=True):
+        assert b.driver_ids == a.driver_ids == [ids[0], ids[2]]
+        assert b.unknown_ids == a.unknown_ids == [99999]
+        np.testing.assert_array_equal(b.matrix, a.matrix)

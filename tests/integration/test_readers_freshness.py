@@ -67,7 +67,7 @@ def test_direct_reader_and_sdk_agree_on_staleness_and_ages(settings):
 @pytest.mark.parametrize("ttl_s", [0.0, 172800.0])
 def test_a_ttl_of_zero_means_never_stale(ttl_s):
     now = 1_800_000_000.0
-    rows = _rows([1, 2, 3], [[0.5], [0.6], [None]], [[now - 3e7, now - 60, now]], [ttl_s], 1, now)
+    rows = _rows([1, 2, 3], [[0.5], [0.6], [None]], [[now - 3e7], [now - 60], [now]], [ttl_s], 1, now)
     assert rows.unknown_ids == [3]
     if ttl_s:
         assert (rows.driver_ids, rows.stale_ids, rows.ages_s.tolist()) == ([2], [1], [60.0])

@@ -75,6 +75,35 @@ def test_frozen_redis_fails_reads_within_the_timeout_without_threads_then_recove
     assert ready is None
 
 
+def test_reads_sharing_a_round_trip_fail_together_within_the_timeout_then_recover(tmp_path):
+    """Reads that wait for a round trip in flight: a frozen Redis fails every one of them within
+    the timeout, and after it thaws each read gets its own drivers' rows again."""
+    sets = [[1001 + i % 20, 99999, 1001 + (7 * i) % 20] for i in range(READS)]
+    with redis_server() as (proc, address):
+        repo = make_feast_repo(tmp_path, SMALL, redis=address)
+        store = open_store(repo_settings(repo, redis=address))
+
+        async def scenario():
+            reader = RedisFeatureReader(store, SERVICE, FEATURES, TIMEOUT_S)
+            alone = [await reader.read(ids) for ids in sets]
+            proc.send_signal(signal.SIGSTOP)
+            try:
+                started = time.monotonic()
+                frozen = await asyncio.gather(*(reader.read(ids) for ids in sets), return_exceptions=True)
+                took = time.monotonic() - started
+            finally:
+                proc.send_signal(signal.SIGCONT)
+            together = await asyncio.gather(*(reader.read(ids) for ids in sets))
+            return alone, frozen, took, together
+
+        alone, frozen, took, together = asyncio.run(scenario())
+    assert all(isinstance(f, FeatureStoreUnavailable) for f in frozen), frozen
+    assert took < TIMEOUT_S + MARGIN_S
+    for a, b in zip(alone, together, strict=True):
+        assert (b.driver_ids, b.unknown_ids) == (a.driver_ids, a.unknown_ids)
+        np.testing.assert_array_equal(b.matrix, a.matrix)
+
+
 def test_locked_sqlite_store_holds_at_most_the_sync_read_threads(tmp_path):
     repo = make_feast_repo(tmp_path, SMALL)
     redis_settings = repo_settings(repo)

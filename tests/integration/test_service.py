@@ -1,5 +1,8 @@
 """The service over real HTTP: `bentoml serve` on a free port, real Redis, a real MLflow registry."""
 
+import json
+import uuid
+
 import mlflow
 import pandas as pd
 import pytest
@@ -8,6 +11,7 @@ from driver_ranker.features.store import FEATURE_SERVICE, open_store
 from driver_ranker.model.registry import connect
 from driver_ranker.serving.schemas import EXAMPLE_REQUEST
 from tests.support.metrics import served_versions
+from tests.support.stack import wait_for
 
 FEATURES = ["conv_rate", "acc_rate", "avg_daily_trips"]
 
@@ -121,3 +125,42 @@ def test_swagger_document_carries_a_working_example(client):
     assert example == EXAMPLE_REQUEST
     assert client.post("/inference", json=example).status_code == 200
     assert client.get("/").status_code == 200
+
+
+def request_log_lines(settings, ranker_url: str) -> list[dict]:
+    log = settings.feast_repo_path.parent / f"ranker-{ranker_url.rsplit(':', 1)[1]}.log"
+    marker = "[driver_ranker.requests] "
+    return [json.loads(line.split(marker, 1)[1]) for line in log.read_text().splitlines() if marker in line]
+
+
+def test_every_request_gets_one_log_line_with_its_request_id(client, feast_settings, ranker_url, champion):
+    request_id = f"log-{uuid.uuid4().hex}"
+    missing = f"/nothing-{uuid.uuid4().hex}"
+    assert client.post(
+        "/inference", json={"request_id": request_id, "driver_ids": [1001, 1002, 1001]}
+    ).is_success
+    assert (
+        client.post("/inference", content=b"driver_ids=1", headers={"content-type": "text/plain"}).status_code
+        == 415
+    )
+    assert client.get(missing).status_code == 404
+    assert client.get("/readyz").status_code == 200
+
+    def logged() -> list[dict]:
+        lines = request_log_lines(feast_settings, ranker_url)
+        return [line for line in lines if line.get("request_id") == request_id or line["path"] == missing]
+
+    wait_for(lambda: len(logged()) >= 2, 5, "the request log lines")
+    answered, not_found = sorted(logged(), key=lambda line: line["path"] == missing)
+    assert answered == answered | {
+        "method": "POST", "path": "/inference", "status": 200, "request_id": request_id,
+        "model_version": champion.version, "best_driver_id": answered["best_driver_id"], "drivers": 2,
+        "unknown": 0, "stale": 0,
+    }  # fmt: skip
+    assert answered["best_driver_id"] in (1001, 1002) and answered["latency_ms"] > 0
+    assert not_found["status"] == 404 and not_found["method"] == "GET"
+    lines = request_log_lines(feast_settings, ranker_url)
+    assert any(line["status"] == 415 and line["path"] == "/inference" for line in lines)
+    assert not any(line["path"] == "/readyz" for line in lines)  # probes are not logged
+    log = (feast_settings.feast_repo_path.parent / f"ranker-{ranker_url.rsplit(':', 1)[1]}.log").read_text()
+    assert "method=POST,path=/inference" not in log  # BentoML's access log is off
