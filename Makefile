@@ -15,6 +15,8 @@ $(VENV)/.installed: requirements.lock requirements-dev.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --disable-pip-version-check -r requirements-dev.lock
 	$(BIN)/pip install -q --disable-pip-version-check --no-deps -e .
+	@# `bentoml serve` runs with -O (driver_ranker/ops/processes.py: SERVING_ENV): its bytecode now.
+	$(BIN)/python -O -m compileall -q -j 0 $(VENV)/lib >/dev/null
 	touch $@
 
 install: $(VENV)/.installed ## create .venv and install the pinned dependencies (the image's and the dev tools')

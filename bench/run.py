@@ -23,6 +23,7 @@ import re
 import shutil
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from datetime import UTC, datetime
@@ -30,6 +31,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import psutil
 import redis
 
 from bench.batch import batch_bench
@@ -95,6 +97,7 @@ def load_wrk(url: str, size: int, concurrency: int, seconds: float) -> dict:
     latency = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", out, re.M))
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     return {
+        "requests": int(re.search(r"(\d+) requests in", out).group(1)),
         "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
         "p50_ms": _ms(latency["50"]),
         "p99_ms": _ms(latency["99"]),
@@ -125,6 +128,7 @@ def load_asyncio(url: str, size: int, concurrency: int, seconds: float) -> dict:
 
     latencies, errors = asyncio.run(run())
     return {
+        "requests": len(latencies),
         "rps": len(latencies) / seconds,
         "p50_ms": float(np.percentile(latencies, 50)),
         "p99_ms": float(np.percentile(latencies, 99)),
@@ -200,6 +204,39 @@ async def redis_cost(client: redis.Redis, reader, ids: list[int], reads: int) ->
     return dict(zip(names, per_read, strict=True))
 
 
+def redis_commands(client: redis.Redis) -> tuple[int, int]:
+    """Redis's counts so far: script calls (each a round trip: a feature read, shared by the
+    requests that arrived together, or a batch of the prediction log), and all commands (those
+    the scripts run included)."""
+    stats = client.info("commandstats")
+    scripts = sum(stats.get(f"cmdstat_{name}", {}).get("calls", 0) for name in ("eval", "evalsha"))
+    commands = sum(v.get("calls", 0) for k, v in stats.items() if k not in ("cmdstat_info",))
+    return scripts, commands
+
+
+def open_loop(url: str, size: int, rate: float, seconds: float) -> dict:
+    """bench/open_loop.py in its own process: `rate` requests/s of `size` drivers."""
+    body_file = OUT / f"body-{size}.json"
+    body_file.write_text(json.dumps(body(size)))
+    command = [
+        sys.executable,
+        "-m",
+        "bench.open_loop",
+        f"{url}/inference",
+        str(rate),
+        str(seconds),
+        str(body_file),
+    ]
+    out = subprocess.run(command, capture_output=True, text=True, check=True, cwd=PROJECT_ROOT).stdout
+    return json.loads(out)
+
+
+def worker_rss_mb(proc: subprocess.Popen) -> list[float]:
+    """Resident memory of each of a server's worker processes (BentoML's `serve` has one child
+    per worker), in MB."""
+    return [p.memory_info().rss / 1e6 for p in psutil.Process(proc.pid).children()]
+
+
 def cluster_read_timings(settings: Settings, repeats: int) -> dict:
     """The direct reader's feature read on a Redis Cluster of 3 masters (and 3 replicas) on
     loopback against the single Redis, same drivers, medians in ms; the cluster's read asks the
@@ -251,7 +288,8 @@ def summarize(rounds: list[dict]) -> dict:
     """Medians over rounds, the throughput's spread ((max - min) / median) and the worker split."""
     rps = [r["rps"] for r in rounds]
     shares = [r["busier_share"] for r in rounds if r.get("busier_share") is not None]
-    return {m: statistics.median(r[m] for r in rounds) for m in ("rps", "p50_ms", "p99_ms")} | {
+    medians = ("rps", "p50_ms", "p99_ms", "redis_scripts_per_request", "redis_commands_per_request")
+    return {m: statistics.median(r[m] for r in rounds) for m in medians} | {
         "errors": sum(r["errors"] for r in rounds),
         "rps_spread": (max(rps) - min(rps)) / statistics.median(rps),
         "busier_share": statistics.median(shares) if shares else None,
@@ -285,6 +323,37 @@ def balance_table(results: dict) -> str:
             ratios = [ranker["rps"] / ceiling["rps"] for ranker, ceiling in pairs]
             ratio_spread = (max(ratios) - min(ratios)) / statistics.median(ratios)
             lines.append(f"| {s} | {c} | {' | '.join(cells)} | {ratio_spread:.0%} |")
+    return "\n".join(lines)
+
+
+def open_loop_table(results: dict) -> str:
+    """Latency under a fixed request rate (open loop), at half and 80% of each service's maximum."""
+    lines = [
+        "| drivers | load | service | rate req/s (achieved) | p50 / p90 / p99 / p99.9 ms | errors |",
+        "| ---: | ---: | --- | ---: | --- | ---: |",
+    ]
+    for key in results["open_loop"]["driver-ranker"]:
+        size, share = key.split("@")
+        for name, by_key in results["open_loop"].items():
+            r = by_key[key]
+            lines.append(
+                f"| {size} | {share} | {name} | {r['rate']:,.0f} ({r['achieved_rps']:,.0f}) | "
+                f"{r['p50_ms']:.1f} / {r['p90_ms']:.1f} / {r['p99_ms']:.1f} / {r['p99.9_ms']:.1f} | {r['errors']} |"
+            )
+    return "\n".join(lines)
+
+
+def redis_table(results: dict) -> str:
+    """Redis per request of driver-ranker under load: script calls (round trips) and commands."""
+    lines = [
+        "| drivers | conc. | script calls per request | Redis commands per request |",
+        "| ---: | ---: | ---: | ---: |",
+    ]
+    for key, cell in results["load"]["driver-ranker"].items():
+        size, c = key.split("x")
+        lines.append(
+            f"| {size} | {c} | {cell['redis_scripts_per_request']:.2f} | {cell['redis_commands_per_request']:.1f} |"
+        )
     return "\n".join(lines)
 
 
@@ -333,6 +402,8 @@ def main(argv: list[str] | None = None) -> None:
 
         runs: dict[str, dict[str, list[dict]]] = {n: {} for n in SERVICES}
         names = list(SERVICES)
+        counters = redis_client(open_store(settings).config.online_store, 5.0)
+        total, done = len(CONCURRENCY) * len(SIZES) * args.rounds * len(names), 0
         # Cell by cell, the services alternating round after round: the runs compared are minutes
         # apart at most, while this machine's speed drifts over tens of minutes.
         for c in CONCURRENCY:
@@ -341,10 +412,38 @@ def main(argv: list[str] | None = None) -> None:
                     for name in names[round_ % 3 :] + names[: round_ % 3]:  # rotate who goes first
                         load(urls[name], s, c, 1.0)  # warm-up
                         port = int(urls[name].rsplit(":", 1)[1])
+                        before = redis_commands(counters)
                         with SplitSampler(port, settings.workers) as split:  # wrk connects afresh each run
                             result = load(urls[name], s, c, args.seconds)
+                        after = redis_commands(counters)
+                        per_request = [
+                            (a - b) / max(1, result["requests"]) for a, b in zip(after, before, strict=True)
+                        ]
+                        result |= {
+                            "redis_scripts_per_request": per_request[0],
+                            "redis_commands_per_request": per_request[1],
+                        }
                         runs[name].setdefault(f"{s}x{c}", []).append(result | split.summary())
-                print(f"{s} drivers, concurrency {c}: {args.rounds} rounds done", flush=True)
+                        done += 1
+                        print(
+                            f"[{done}/{total}] {name}: {s} drivers, concurrency {c}, round {round_ + 1}: "
+                            f"{result['rps']:,.0f} req/s, p99 {result['p99_ms']:.1f} ms",
+                            flush=True,
+                        )
+        # Open loop at half and 80% of each service's own closed-loop maximum (concurrency 16).
+        open_runs: dict[str, dict[str, dict]] = {n: {} for n in ("driver-ranker", "ceiling")}
+        for s in (5, 100):
+            for share in (0.5, 0.8):
+                for name in open_runs:
+                    peak = statistics.median(r["rps"] for r in runs[name][f"{s}x16"])
+                    result = open_loop(urls[name], s, round(peak * share), args.seconds * 2)
+                    open_runs[name][f"{s}@{share:.0%}"] = result
+                    print(
+                        f"open loop {name}: {s} drivers at {result['rate']:,.0f} req/s ({share:.0%} of its "
+                        f"maximum): p50 {result['p50_ms']:.1f} ms, p99 {result['p99_ms']:.1f} ms",
+                        flush=True,
+                    )
+        memory = {name: worker_rss_mb(proc) for name, proc in procs.items()}
     finally:
         for proc in procs.values():
             stop_process_group(proc)
@@ -357,6 +456,8 @@ def main(argv: list[str] | None = None) -> None:
         "rounds": args.rounds,
         "seconds_per_run": args.seconds,
         "cold_start_s": cold,
+        "worker_rss_mb": memory,
+        "open_loop": open_runs,
         **timings,
         "load": {name: {key: summarize(rs) for key, rs in by_key.items()} for name, by_key in runs.items()},
         "runs": runs,
@@ -365,7 +466,9 @@ def main(argv: list[str] | None = None) -> None:
         results["batch"] = batch_bench(settings, args.batch_rows)
     (OUT / "results.json").write_text(json.dumps(results, indent=2))
     chart(results, OUT / "throughput.png")
-    markdown = table(results) + "\n\n" + balance_table(results)
+    markdown = "\n\n".join(
+        (table(results), balance_table(results), open_loop_table(results), redis_table(results))
+    )
     (OUT / "table.md").write_text(markdown + "\n")
     print(
         f"\n{results['date']} on {results['machine']}, {results['workers']} workers, {results['load_tool']}"
@@ -385,6 +488,10 @@ def main(argv: list[str] | None = None) -> None:
             f"HMGETs inside ({cost['redis_script_us']:.0f} us of Redis time), {cost['bytes_to_redis']:.0f} B sent, {cost['bytes_from_redis']:.0f} B received"
         )
     print("cold start to /readyz: " + ", ".join(f"{n} {s:.1f} s" for n, s in cold.items()))
+    print(
+        "worker memory (RSS after the load): "
+        + ", ".join(f"{n} {', '.join(f'{mb:.0f}' for mb in rss)} MB" for n, rss in memory.items())
+    )
     if args.batch_rows:
         print(batch_table(results["batch"]))
     print(f"wrote {OUT / 'results.json'} and {OUT / 'throughput.png'}")

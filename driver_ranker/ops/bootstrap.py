@@ -33,6 +33,7 @@ from driver_ranker.features.store import (
 from driver_ranker.jobs.data import STATS_FILE, DataSpec, write
 from driver_ranker.jobs.training import train
 from driver_ranker.model.registry import connect, version_for_alias
+from driver_ranker.ops.processes import SERVING_ENV
 
 logger = logging.getLogger("driver_ranker.ops.bootstrap")
 
@@ -218,7 +219,7 @@ def main(argv: list[str] | None = None) -> None:
         ]
         logger.info("serving on http://127.0.0.1:%s (Swagger UI at /)", settings.port)
         os.chdir(PROJECT_ROOT)
-        os.execv(sys.executable, command)
+        os.execve(sys.executable, command, {**os.environ, **SERVING_ENV})
 
 
 if __name__ == "__main__":

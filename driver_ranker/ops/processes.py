@@ -18,6 +18,13 @@ import psutil
 
 from driver_ranker.config import PROJECT_ROOT
 
+SERVING_ENV = {"PYTHONOPTIMIZE": "1"}
+"""How `bentoml serve` runs here and in the image (bentofile.yaml): with Python's -O, under which
+typeguard's @typechecked is a no-op. Feast decorates its classes with it, and it re-parses and
+recompiles their source at every import: 3.6 s of a worker's 5.7 s of imports (README,
+Performance). Only asserts go with it; driver-ranker has none. `make install` and the image
+compile the -O bytecode beforehand."""
+
 
 def free_port() -> int:
     """A TCP port nothing listens on now, on the loopback interface."""
@@ -34,7 +41,8 @@ def serve_until_ready(
     ready_timeout: float = 120,
     host: str | None = None,
 ) -> subprocess.Popen:
-    """`bentoml serve target` on `port` in a session of its own, once its /readyz says 200.
+    """`bentoml serve target` (with SERVING_ENV) on `port` in a session of its own, once its /readyz
+    says 200.
 
     Output goes to `log_path`; a server that exits or is not ready in time is reported with its tail.
     `host`: the address it listens on (None: BentoML's default, every interface).
@@ -43,7 +51,8 @@ def serve_until_ready(
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "bentoml", "serve", target, "--port", str(port), *bind],
-            cwd=PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            cwd=PROJECT_ROOT, env={**env, **SERVING_ENV}, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True,
         )  # fmt: skip
     deadline = time.monotonic() + ready_timeout
     while True:

@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from driver_ranker.config import PROJECT_ROOT, Settings
+from driver_ranker.ops.processes import SERVING_ENV
 from driver_ranker.ops.stack import ALLOWED_HOSTS
 
 DEPLOYMENT = PROJECT_ROOT / "deployment"
@@ -154,7 +155,10 @@ def test_long_running_services_are_health_checked_and_awaited(services):
 
 
 # Image variables that are not settings of the service, and why.
-IMAGE_ONLY_ENVS = {"GIT_PYTHON_REFRESH": "the image has no git: MLflow's GitPython stays quiet about it"}
+IMAGE_ONLY_ENVS = {
+    "GIT_PYTHON_REFRESH": "the image has no git: MLflow's GitPython stays quiet about it",
+    "PYTHONOPTIMIZE": "the image runs `bentoml serve` as make serve does (SERVING_ENV)",
+}
 
 
 def test_the_ranker_image_and_its_build_agree(services):
@@ -162,6 +166,8 @@ def test_the_ranker_image_and_its_build_agree(services):
     assert services["ranker"]["image"] == services["init"]["image"] == "driver-ranker:latest"
     assert bentofile["name"] == "driver-ranker"
     assert {e["name"] for e in bentofile["envs"]} <= set(env_names().values()) | set(IMAGE_ONLY_ENVS)
+    image_envs = {e["name"]: e["value"] for e in bentofile["envs"]}
+    assert SERVING_ENV.items() <= image_envs.items()
     # The offline data is init's alone; the Feast registry is PostgreSQL's database of its own, which
     # the postgres image's init script creates: rankers share no volume, so they scale.
     repo = services["ranker"]["environment"]["FEAST_REPO_PATH"]
