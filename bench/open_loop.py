@@ -12,6 +12,7 @@ import asyncio
 import json
 import sys
 import time
+from collections import Counter
 from urllib.parse import urlsplit
 
 import numpy as np
@@ -40,20 +41,20 @@ async def run(url: str, rate: float, seconds: float, body: bytes) -> dict:
     for _ in range(CONNECTIONS):
         idle.put_nowait(await asyncio.open_connection(parts.hostname, parts.port))
     latencies: list[float] = []
-    errors = 0
+    errors: Counter[str] = Counter()  # status (or "transport") -> count, for answers other than 200
     total = int(rate * seconds)
     start = time.perf_counter() + 0.05
 
     async def one(due: float) -> None:
-        nonlocal errors
         connection = await idle.get()
         reader, writer = connection
         try:
             writer.write(request)
             status, closing = await _answer(reader)
-            errors += status != 200
+            if status != 200:
+                errors[str(status)] += 1
         except (OSError, asyncio.IncompleteReadError):
-            errors += 1
+            errors["transport"] += 1
             closing = True
         if closing:
             writer.close()
@@ -74,7 +75,7 @@ async def run(url: str, rate: float, seconds: float, body: bytes) -> dict:
     return {
         "rate": rate,
         "achieved_rps": len(latencies) / elapsed,
-        "errors": errors,
+        "errors": dict(errors),
         **{f"p{q}_ms": float(np.percentile(ms, q)) for q in (50, 90, 99, 99.9)},
     }
 

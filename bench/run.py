@@ -329,7 +329,7 @@ def balance_table(results: dict) -> str:
 def open_loop_table(results: dict) -> str:
     """Latency under a fixed request rate (open loop), at half and 80% of each service's maximum."""
     lines = [
-        "| drivers | load | service | rate req/s (achieved) | p50 / p90 / p99 / p99.9 ms | errors |",
+        "| drivers | load | service | rate req/s (achieved) | p50 / p90 / p99 / p99.9 ms | not 200 |",
         "| ---: | ---: | --- | ---: | --- | ---: |",
     ]
     for key in results["open_loop"]["driver-ranker"]:
@@ -338,7 +338,8 @@ def open_loop_table(results: dict) -> str:
             r = by_key[key]
             lines.append(
                 f"| {size} | {share} | {name} | {r['rate']:,.0f} ({r['achieved_rps']:,.0f}) | "
-                f"{r['p50_ms']:.1f} / {r['p90_ms']:.1f} / {r['p99_ms']:.1f} / {r['p99.9_ms']:.1f} | {r['errors']} |"
+                f"{r['p50_ms']:.1f} / {r['p90_ms']:.1f} / {r['p99_ms']:.1f} / {r['p99.9_ms']:.1f} | "
+                f"{', '.join(f'{n} x {status}' for status, n in r['errors'].items()) or 0} |"
             )
     return "\n".join(lines)
 
