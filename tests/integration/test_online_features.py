@@ -103,6 +103,9 @@ def test_sqlite_online_store_is_read_through_the_sdk_with_the_same_values(feast_
     np.testing.assert_array_equal(on_sqlite.matrix, on_redis.matrix)
     np.testing.assert_allclose(on_sqlite.ages_s, on_redis.ages_s, atol=5)
     assert asyncio.run(reader.readiness()) is None
+    # A feature the service does not serve is refused on this online store too.
+    with pytest.raises(MissingFeatures, match="surge_factor"):
+        open_reader(open_store(settings), SERVICE, (*FEATURES, "surge_factor"), 1.0)
 
 
 def test_redis_that_does_not_answer_fails_fast_with_its_address(feast_settings):

@@ -13,7 +13,9 @@ ADMIN_TOKEN = "admin-tok-55e2aa"
 
 def test_secrets_work_and_never_leak(tmp_path, feast_settings, champion):
     with redis_server(password=REDIS_PASSWORD) as (proc, address):
-        connection = f"{address},password={REDIS_PASSWORD}"
+        connection = (
+            f"password={REDIS_PASSWORD},{address}"  # the password first: messages still name host:port
+        )
         repo = make_feast_repo(tmp_path, DataSpec(n_drivers=20, days=2, n_orders=100), redis=connection)
         settings = repo_settings(
             repo, redis=connection, mlflow_dir=feast_settings.mlflow_artifact_root.parent
