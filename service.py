@@ -63,7 +63,8 @@ class DriverRanker:
         # Feast, MLflow and pandas leave ~400k objects behind; a full GC pass over them took
         # ~200 ms and showed as the p99. Frozen, later passes see only what requests allocate,
         # and a request allocates a few thousand objects: a young-generation pass every 20,000
-        # allocations instead of 700 (Python's default) took 5-8% more requests/s (README).
+        # allocations instead of Python's 700 gave 7-12% more requests/s of 100 drivers (3
+        # rounds side by side; within noise at 5 drivers).
         gc.collect()
         gc.freeze()
         gc.set_threshold(20_000, 10, 10)
