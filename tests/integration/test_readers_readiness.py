@@ -2,16 +2,23 @@
 does not answer, refuses the direct reader's script, or holds no rows; it stays cheap."""
 
 import asyncio
+import contextlib
+import os
+import subprocess
+import sys
 
+import httpx
 import pytest
 import redis
 
+from driver_ranker.config import PROJECT_ROOT
 from driver_ranker.errors import DependencyUnavailable, FeatureStoreUnavailable
 from driver_ranker.features import online
 from driver_ranker.features.online import FeastSdkReader, RedisFeatureReader, open_reader
 from driver_ranker.features.store import apply, materialize, open_store, redis_address, require_redis
 from driver_ranker.jobs.data import DataSpec
-from tests.support.stack import make_feast_repo, redis_server, repo_settings
+from driver_ranker.ops.processes import SERVING_ENV, free_port, stop_process_group
+from tests.support.stack import make_feast_repo, redis_server, repo_settings, settings_env, wait_for
 
 FEATURES = ("conv_rate", "acc_rate", "avg_daily_trips")
 SERVICE = "driver_ranker_v1"
@@ -136,3 +143,46 @@ def test_errors_name_redis_by_host_and_port_never_the_password(tmp_path):
         for message in messages:
             assert f"Redis at {address}" in message
             assert PASSWORD not in message
+
+
+def test_readyz_is_503_while_redis_refuses_the_script_and_the_log_says_why(
+    tmp_path, feast_settings, champion
+):
+    """The same refusal through the real server: /readyz says no, /inference answers 503, and the
+    log names the grant to add."""
+    with redis_server() as (_, address):
+        admin = redis.Redis.from_url(f"redis://{address}")
+        admin.acl_setuser(
+            "ranker", enabled=True, passwords=[f"+{PASSWORD}"], keys=["*"], commands=["+@all", "-@scripting"]
+        )
+        connection = f"{address},username=ranker,password={PASSWORD}"
+        repo = make_feast_repo(tmp_path, SMALL, redis=connection)
+        settings = repo_settings(
+            repo, redis=connection, mlflow_dir=feast_settings.mlflow_artifact_root.parent
+        )
+        port, log_path = free_port(), tmp_path / "ranker.log"
+        env = (
+            os.environ | settings_env(settings) | {"WORKERS": "1", "BENTOML_HOME": str(tmp_path / "bentoml")}
+        )
+        with open(log_path, "wb") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "bentoml", "serve", "service:DriverRanker", "--port", str(port)],
+                cwd=PROJECT_ROOT, env=env | SERVING_ENV, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )  # fmt: skip
+        url = f"http://127.0.0.1:{port}"
+        try:
+
+            def readyz() -> int | None:
+                with contextlib.suppress(httpx.HTTPError):
+                    return httpx.get(f"{url}/readyz", timeout=2).status_code
+                return None
+
+            wait_for(lambda: readyz() is not None, 90, "the server to answer /readyz")
+            wait_for(lambda: "+@scripting" in log_path.read_text(), 10, "the not-ready reason in the log")
+            assert readyz() == 503
+            answer = httpx.post(f"{url}/inference", json={"driver_ids": [1001]}, timeout=5)
+            assert answer.status_code == 503 and "refused the read" in answer.json()["error"]
+        finally:
+            stop_process_group(proc)
+    assert PASSWORD not in log_path.read_text()
