@@ -19,6 +19,11 @@ REQUESTS = Counter(
     documentation="Inference requests by outcome (ok, unavailable) and the model version that answered.",
     labelnames=["outcome", "version"],
 )
+DRIVERS = Counter(
+    name="driver_ranker_drivers",
+    documentation="Drivers in answered requests (each once per request): the denominator of the unknown "
+    "and stale shares.",
+)
 UNKNOWN_DRIVERS = Counter(
     name="driver_ranker_unknown_drivers",
     documentation="Requested drivers with no features in the online store.",

@@ -133,6 +133,7 @@ class Ranker:
             metrics.FEATURE_READ_SECONDS.labels(outcome="unavailable").observe(time.perf_counter() - started)
             raise
         metrics.FEATURE_READ_SECONDS.labels(outcome="ok").observe(time.perf_counter() - started)
+        metrics.DRIVERS.inc(len(driver_ids))
         ranking = rank(served.score, rows)
         best = ranking[0][0] if ranking else None
         version = served.model.version

@@ -114,7 +114,7 @@ def test_names_ports_and_urls_agree(services):
     assert container_port == Settings.model_fields["port"].default
     assert f"127.0.0.1:{container_port}/readyz" in " ".join(services["ranker"]["healthcheck"]["test"])
     # Prometheus scrapes every replica, found by the service's name, on the port it serves.
-    scrape = yaml.safe_load((DEPLOYMENT / "prometheus.yml").read_text())["scrape_configs"][0]
+    scrape = yaml.safe_load((DEPLOYMENT / "prometheus" / "prometheus.yml").read_text())["scrape_configs"][0]
     assert scrape["dns_sd_configs"] == [{"names": ["ranker"], "type": "A", "port": container_port}]
     # Clients reach the rankers through lb only: HAProxy finds them by the service's name on the
     # port they serve, checks the route the ranker's own health check does, and listens where lb

@@ -1,6 +1,7 @@
 """The service over real HTTP: `bentoml serve` on a free port, real Redis, a real MLflow registry."""
 
 import json
+import re
 import uuid
 
 import mlflow
@@ -97,11 +98,20 @@ def test_model_endpoint_describes_the_served_version(client, champion):
     assert info["registry_checked_at"] and info["registry_error"] is None
 
 
+def drivers_counted(metrics: str) -> float:
+    """driver_ranker_drivers_total summed over the workers' series."""
+    return sum(
+        float(v) for v in re.findall(r"^driver_ranker_drivers_total(?:\{[^}]*\})? (\S+)$", metrics, re.M)
+    )
+
+
 def test_probes_and_metrics(client, champion):
     assert client.get("/livez").status_code == 200
     assert client.get("/readyz").status_code == 200
-    client.post("/inference", json={"driver_ids": [1001, 424242]})
+    before = drivers_counted(client.get("/metrics").text)
+    client.post("/inference", json={"driver_ids": [1001, 424242, 1001]})
     metrics = client.get("/metrics").text
+    assert drivers_counted(metrics) == before + 2  # the alerts' denominator: each driver once
     for name in (
         f'driver_ranker_requests_total{{outcome="ok",version="{champion.version}"}}',
         "driver_ranker_unknown_drivers_total",
