@@ -592,9 +592,13 @@ class RedisFeatureReader:
     def _script_args(self, keys: list[bytes], fields: list[bytes | str]) -> list:
         return [len(fields), *fields, self._key_size, b"".join(keys)]
 
-    async def _hmget_per_node(self, keys: list[bytes], fields: list[bytes | str]) -> list:
+    async def _hmget_per_node(self, keys: list[bytes], fields: list[bytes | str], again: bool = True) -> list:
         """HMGET_ALL on a Redis Cluster: the keys grouped by the master that holds their slot, one
-        call per master, the masters asked together; replies in the order of `keys`."""
+        call per master, the masters asked together; replies in the order of `keys`.
+
+        A master that cannot be reached, or no longer holds the keys, has the slots read again and
+        its keys asked once more (`again`): after a failover some node may still name the old
+        master for a while, and a read is safe to repeat."""
         cluster: aioredis.RedisCluster = self._client
         await cluster.initialize()  # at once unless an error asked for the slots to be read again
         by_node: dict[str, tuple[ClusterNode, list[int]]] = {}
@@ -609,12 +613,19 @@ class RedisFeatureReader:
             except redis.exceptions.ResponseError as exc:
                 if "non local key" not in str(exc):
                     raise
-                # The slot moved (a failover or resharding): read the slots again for the next read.
-                await cluster.nodes_manager.initialize()
                 raise redis.exceptions.ConnectionError(f"{node.name} no longer holds the keys") from exc
 
+        async def ask_again_if_moved(node: ClusterNode, positions: list[int]) -> list:
+            try:
+                return await ask(node, positions)
+            except redis.exceptions.ConnectionError:
+                await cluster.nodes_manager.initialize()
+                if not again:
+                    raise
+                return await self._hmget_per_node([keys[p] for p in positions], fields, again=False)
+
         replies: list = [None] * len(keys)
-        answers = await asyncio.gather(*(ask(node, positions) for node, positions in by_node.values()))
+        answers = await asyncio.gather(*(ask_again_if_moved(node, ps) for node, ps in by_node.values()))
         for (_, positions), answer in zip(by_node.values(), answers, strict=True):
             for position, reply in zip(positions, answer, strict=True):
                 replies[position] = reply
