@@ -619,9 +619,9 @@ class RedisFeatureReader:
             try:
                 return await ask(node, positions)
             except redis.exceptions.ConnectionError:
-                await cluster.nodes_manager.initialize()
                 if not again:
                     raise
+                await cluster.nodes_manager.initialize()
                 return await self._hmget_per_node([keys[p] for p in positions], fields, again=False)
 
         replies: list = [None] * len(keys)
