@@ -63,6 +63,9 @@ batch: $(VENV)/.installed ## score INPUT (CSV/Parquet) into OUTPUT (Parquet) wit
 	$(if $(INPUT),,test -f $(BATCH_EXAMPLE) || $(BIN)/python -m driver_ranker.jobs.data --requests 100000 --requests-out $(BATCH_EXAMPLE))
 	$(BIN)/python -m driver_ranker.jobs.batch $(or $(INPUT),$(BATCH_EXAMPLE)) $(or $(OUTPUT),artifacts/batch/scores.parquet) $(if $(VERSION),--version $(VERSION))
 
+drift-report: $(VENV)/.installed ## the champion's (or VERSION=n's) training features against what it would score now (DRIVERS=file: the sample); writes artifacts/drift/
+	$(BIN)/python -m driver_ranker.jobs.drift_report $(if $(VERSION),--version $(VERSION)) $(if $(DRIVERS),--drivers $(DRIVERS))
+
 bento: $(VENV)/.installed ## import the champion into BentoML's model store as driver-ranker:latest, then bentoml build
 	$(BIN)/python -m driver_ranker.ops.packaging
 

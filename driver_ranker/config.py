@@ -112,6 +112,18 @@ class Settings(BaseSettings):
         ge=1,
         description="Predictions waiting to be written, per worker; past it they are dropped (counted).",
     )
+    drift_sample_rows: int = Field(
+        5_000,
+        ge=0,
+        description="Feature rows the champion scored that each worker keeps (the latest) to compare with "
+        "the training reference; 0 turns drift monitoring off.",
+    )
+    drift_min_rows: int = Field(
+        500, ge=1, description="Rows sampled before a worker exports drift (fewer are too noisy to judge)."
+    )
+    drift_check_interval_s: float = Field(
+        30.0, gt=0, description="How often each worker computes drift (PSI per feature) from its sample."
+    )
     api_key: SecretStr | None = Field(None, description="If set, /inference needs `X-API-Key: <API_KEY>`.")
 
     registry_check_interval_s: float = Field(

@@ -75,6 +75,18 @@ FEATURE_READ_SECONDS = Histogram(
     labelnames=["outcome"],
     buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
 )
+FEATURE_PSI = Gauge(
+    name="driver_ranker_feature_psi",
+    documentation="Population stability index of each feature the champion scored (a worker's latest "
+    "DRIFT_SAMPLE_ROWS rows) against its training reference: < 0.1 stable, > 0.25 shifted.",
+    labelnames=["feature"],
+    multiprocess_mode="liveall",
+)
+DRIFT_SAMPLE_ROWS = Gauge(
+    name="driver_ranker_drift_sample_rows",
+    documentation="Feature rows in a worker's drift sample (drift is exported from DRIFT_MIN_ROWS on).",
+    multiprocess_mode="liveall",
+)
 
 MODEL_VERSION = Gauge(
     name="driver_ranker_model_version",

@@ -28,6 +28,7 @@ from sklearn.preprocessing import FunctionTransformer, StandardScaler
 from driver_ranker.config import PROJECT_ROOT, Settings, get_settings
 from driver_ranker.features.store import FEATURE_SERVICE, historical_features, open_store, require_data
 from driver_ranker.jobs.data import ORDERS_FILE
+from driver_ranker.model.drift import METADATA_KEY, DriftReference
 from driver_ranker.model.registry import FEATURE_SERVICE_TAG, connect, load_version, version_for_alias
 
 logger = logging.getLogger(__name__)
@@ -185,11 +186,14 @@ def train(settings: Settings, options: TrainOptions = TrainOptions()) -> Trainin
         )
         mlflow.log_metrics(metrics | {"train_rows": len(train_rows), "holdout_rows": len(holdout)})
         example = train_rows[features].head(5)
+        # Serving compares the features it scores with these bins (model/drift.py).
+        reference = DriftReference.from_training(train_rows[features].to_numpy(), features)
         model_info = mlflow.sklearn.log_model(
             estimator,
             name="model",
             signature=infer_signature(example, estimator.predict_proba(example.to_numpy())),
             input_example=example,
+            metadata={METADATA_KEY: reference.to_metadata()},
         )
     timings["fit_log_s"] = time.perf_counter() - started
 

@@ -15,6 +15,7 @@ from mlflow.exceptions import MlflowException
 
 from driver_ranker.config import Settings
 from driver_ranker.errors import MissingFeatures, ModelUnavailable
+from driver_ranker.model.drift import DriftReference
 
 if TYPE_CHECKING:
     from feast import FeatureStore
@@ -42,6 +43,8 @@ class LoadedModel:
     loaded_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     source: str = "registry"
     """`registry`, or `bento-store` when started from the model the Bento carries."""
+    drift_reference: DriftReference | None = field(default=None, repr=False)
+    """Training distribution of each feature (model/drift.py); None for a version trained without."""
 
     @property
     def uri(self) -> str:
@@ -64,7 +67,8 @@ def load_from_bento_store(tag: str, alias: str) -> LoadedModel:
 
     stored = bentoml.models.get(tag)
     path = stored.path_of("mlflow_model")
-    signature = mlflow.models.Model.load(path).signature
+    mlmodel = mlflow.models.Model.load(path)
+    signature = mlmodel.signature
     return LoadedModel(
         name=stored.tag.name,
         version=stored.info.labels.get("mlflow_version", str(stored.tag.version)),
@@ -74,6 +78,7 @@ def load_from_bento_store(tag: str, alias: str) -> LoadedModel:
         feature_service=stored.info.metadata.get(FEATURE_SERVICE_TAG) or None,
         estimator=mlflow.sklearn.load_model(path),
         source="bento-store",
+        drift_reference=DriftReference.from_metadata(mlmodel.metadata),
     )
 
 
@@ -97,7 +102,8 @@ def load_version(client: MlflowClient, version: ModelVersion, alias: str) -> Loa
     own errors.
     """
     uri = f"models:/{version.name}/{version.version}"
-    signature = mlflow.models.get_model_info(uri).signature
+    info = mlflow.models.get_model_info(uri)
+    signature = info.signature
     if signature is None or signature.inputs is None:
         raise ModelUnavailable(f"{uri} has no signature: the feature order is unknown")
     feature_service = version.tags.get(FEATURE_SERVICE_TAG)
@@ -111,6 +117,7 @@ def load_version(client: MlflowClient, version: ModelVersion, alias: str) -> Loa
         feature_names=tuple(signature.inputs.input_names()),
         feature_service=feature_service or None,
         estimator=mlflow.sklearn.load_model(uri),
+        drift_reference=DriftReference.from_metadata(info.metadata),
     )
 
 

@@ -148,7 +148,8 @@ def _operations(settings: Settings) -> dict[tuple[str, str], dict[str, Any]]:
             "responses": {
                 "200": {
                     "description": "The champion's name, version, alias, run, features, source, load time, reader "
-                    "and scorer; the canary and shadow; refusals; the registry's state.",
+                    "and scorer; the canary and shadow; refusals; the registry's state; feature drift (the "
+                    "sample's rows and PSI per feature).",
                     "content": {
                         "application/json": {"schema": {"type": "object", "additionalProperties": True}}
                     },

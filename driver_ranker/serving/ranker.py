@@ -25,6 +25,7 @@ from driver_ranker.features.online import FeatureRows
 from driver_ranker.features.store import REDIS_ERRORS, open_store
 from driver_ranker.model.scoring import rank
 from driver_ranker.serving.bandit import Bandit
+from driver_ranker.serving.drift import DriftMonitor
 from driver_ranker.serving.lifecycle import ARM, CANARY, CHAMPION, SHADOW, ModelManager, ServedModel
 from driver_ranker.serving.outcomes import OutcomeStore, Prediction
 from driver_ranker.serving.request_log import annotate
@@ -60,6 +61,9 @@ class Ranker:
         self.bandit = (
             Bandit(outcomes, settings.bandit_floor) if outcomes and settings.routing == "bandit" else None
         )
+        self.drift = DriftMonitor(
+            settings.drift_sample_rows, settings.drift_min_rows, settings.drift_check_interval_s
+        )
         self._shadow_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shadow")
         self._shadow_tasks: set[asyncio.Task] = set()
         self._all_unknown_logged_at = -ALL_UNKNOWN_LOG_INTERVAL_S
@@ -87,12 +91,15 @@ class Ranker:
         return cls(settings, manager, online_store, outcomes)
 
     def background_work(self) -> list[Coroutine[Any, Any, None]]:
-        """What each worker runs beside its requests: following the registry, writing the log."""
+        """What each worker runs beside its requests: following the registry, writing the log,
+        computing drift."""
         work = [self.manager.watch()]
         if self.outcomes is not None:
             work.append(self.outcomes.write_forever())
         if self.bandit is not None:
             work.append(self.bandit.refresh_forever(lambda: sorted(set(self.arms().values()))))
+        if self.settings.drift_sample_rows:
+            work.append(self.drift.export_forever())
         return work
 
     def arms(self) -> dict[str, str]:
@@ -135,6 +142,8 @@ class Ranker:
         metrics.FEATURE_READ_SECONDS.labels(outcome="ok").observe(time.perf_counter() - started)
         metrics.DRIVERS.inc(len(driver_ids))
         ranking = rank(served.score, rows)
+        if role == CHAMPION:
+            self.drift.observe(served.model, rows.matrix)
         best = ranking[0][0] if ranking else None
         version = served.model.version
         if ranking:
@@ -281,4 +290,5 @@ class Ranker:
             "registry_checked_at": manager.checked_at.isoformat() if manager.checked_at else None,
             "registry_state": manager.registry_state,
             "registry_error": manager.registry_error,
+            "drift": self.drift.describe(),
         }

@@ -1,0 +1,76 @@
+"""A worker's watch on feature drift: the latest feature rows its champion scored, and their PSI
+per feature against the champion's training reference (model/drift.py), exported as metrics.
+
+The request path only copies its rows into a ring buffer; PSI is computed off it, every
+DRIFT_CHECK_INTERVAL_S, in the worker's background work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+
+import numpy as np
+
+from driver_ranker import metrics
+from driver_ranker.model.drift import verdict
+from driver_ranker.model.registry import LoadedModel
+
+
+class DriftMonitor:
+    def __init__(self, capacity: int, min_rows: int, interval_s: float) -> None:
+        self.capacity = capacity
+        self.min_rows = min_rows
+        self.interval_s = interval_s
+        self._model: LoadedModel | None = None
+        self._sample = np.empty((0, 0))
+        self._next = 0
+        self._filled = 0
+        self._exported: set[str] = set()
+        self.psi: dict[str, float] = {}
+
+    def observe(self, model: LoadedModel, matrix: np.ndarray) -> None:
+        """Keeps the rows `model` scored (request path: one or two slice copies)."""
+        if model is not self._model:  # a swap: the new version's own features and reference
+            self._model = model
+            self._sample = np.empty((self.capacity, len(model.feature_names)))
+            self._next = self._filled = 0
+        if model.drift_reference is None or not self.capacity or not len(matrix):
+            return
+        rows = matrix[-self.capacity :]
+        first = min(len(rows), self.capacity - self._next)
+        self._sample[self._next : self._next + first] = rows[:first]
+        self._sample[: len(rows) - first] = rows[first:]
+        self._next = (self._next + len(rows)) % self.capacity
+        self._filled = min(self._filled + len(rows), self.capacity)
+
+    def export(self) -> dict[str, float]:
+        """Computes PSI per feature from the sample and sets the gauges; a feature the current model
+        no longer has (or too small a sample) reads NaN, which no alert fires on."""
+        model = self._model
+        metrics.DRIFT_SAMPLE_ROWS.set(self._filled)
+        psi: dict[str, float] = {}
+        if model is not None and model.drift_reference is not None and self._filled >= self.min_rows:
+            psi = model.drift_reference.psi_of(model.feature_names, self._sample[: self._filled])
+        for feature in self._exported - psi.keys():
+            metrics.FEATURE_PSI.labels(feature=feature).set(math.nan)
+        for feature, value in psi.items():
+            metrics.FEATURE_PSI.labels(feature=feature).set(value)
+        self._exported |= psi.keys()
+        self.psi = psi
+        return psi
+
+    async def export_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval_s)
+            self.export()
+
+    def describe(self) -> dict:
+        """GET /model's `drift`: the sample and the last PSI per feature, with its verdict."""
+        model = self._model
+        return {
+            "reference": model is not None and model.drift_reference is not None,
+            "sample_rows": self._filled,
+            "min_rows": self.min_rows,
+            "psi": {f: {"value": round(v, 4), "verdict": verdict(v)} for f, v in self.psi.items()},
+        }
