@@ -12,14 +12,17 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from driver_ranker.config import PROJECT_ROOT
 from driver_ranker.features.store import open_store
 from driver_ranker.jobs import drift_report
 from driver_ranker.jobs.data import FIRST_DRIVER_ID, STATS_FILE, DataSpec
 from driver_ranker.jobs.training import train
 from driver_ranker.model.drift import SHIFTED_ABOVE, STABLE_BELOW
 from driver_ranker.model.registry import load_alias
+from tests.support.prometheus import prometheus_server
 from tests.support.stack import make_feast_repo, ranker_server, repo_settings, teardown_repo, wait_for
 
+ALERTS = PROJECT_ROOT / "deployment" / "prometheus" / "alerts.yml"
 SPEC = DataSpec()
 SAMPLE_ROWS = 2000
 DRIFT_ENV = {"DRIFT_SAMPLE_ROWS": str(SAMPLE_ROWS), "DRIFT_MIN_ROWS": "500", "DRIFT_CHECK_INTERVAL_S": "0.3"}
@@ -50,6 +53,14 @@ def psi_by_feature(metrics: str) -> dict[str, float]:
     return {
         m.group(1): float(m.group(2))
         for m in re.finditer(r'^driver_ranker_feature_psi\{feature="(\w+)",pid="\d+"\} (\S+)', metrics, re.M)
+    }
+
+
+def drifting_features(prometheus) -> set[str]:
+    return {
+        alert["labels"]["feature"]
+        for alert in prometheus.alerts()
+        if alert["labels"]["alertname"] == "DriverRankerFeatureDrift"
     }
 
 
@@ -87,9 +98,14 @@ def test_training_stores_the_reference_with_the_version(drift_repo):
 
 def test_drift_is_quiet_on_served_data_and_moves_with_shifted_statistics(drift_repo):
     write_latest_statistics(drift_repo)
-    with ranker_server(drift_repo, workers=1, extra_env=DRIFT_ENV) as url:
+    with (
+        ranker_server(drift_repo, workers=1, extra_env=DRIFT_ENV) as url,
+        prometheus_server([url.removeprefix("http://")], rule_files=[ALERTS]) as prometheus,
+    ):
         serve_drivers(url, requests=30, seed=1)
         quiet = settled_psi(url, lambda psi: True)
+        prometheus.wait_for_scrapes(3)
+        assert drifting_features(prometheus) == set(), prometheus.alerts()
         assert set(quiet) == {"conv_rate", "acc_rate", "avg_daily_trips"}
         assert all(value < STABLE_BELOW for value in quiet.values()), quiet
         drift = httpx.get(f"{url}/model").json()["drift"]
@@ -102,6 +118,12 @@ def test_drift_is_quiet_on_served_data_and_moves_with_shifted_statistics(drift_r
         shifted = settled_psi(url, lambda psi: psi.get("conv_rate", 0) > SHIFTED_ABOVE)
         assert shifted["avg_daily_trips"] > SHIFTED_ABOVE, shifted
         assert shifted["acc_rate"] < STABLE_BELOW, shifted  # not shifted: still quiet
+        # The alert's expression holds on the real series: pending now, firing after its 30 min.
+        wait_for(
+            lambda: drifting_features(prometheus) == {"conv_rate", "avg_daily_trips"},
+            within=15,
+            what=f"DriverRankerFeatureDrift pending for the shifted features ({prometheus.alerts()})",
+        )
         verdicts = {f: v["verdict"] for f, v in httpx.get(f"{url}/model").json()["drift"]["psi"].items()}
         assert verdicts == {"conv_rate": "shifted", "avg_daily_trips": "shifted", "acc_rate": "stable"}
 
