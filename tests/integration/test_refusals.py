@@ -306,3 +306,42 @@ def answers_401(port: int) -> bool:
         )
     except httpx.HTTPError:
         return False
+
+
+def test_a_version_the_registry_denies_us_is_refused_saying_so(registry, monkeypatch):
+    """A registry that lets us read the alias but not the version's run or artifacts (MLflow's
+    permissions are per model and per experiment) answers PERMISSION_DENIED mid-load: the version
+    is refused, saying it is our credentials, and the champion keeps serving. The error is the one
+    MLflow's client raises for a 403, injected: this is a test of its handling."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import PERMISSION_DENIED
+
+    from driver_ranker.features.store import open_store
+    from driver_ranker.serving import lifecycle
+
+    settings, champion = registry
+    promote(connect(settings), settings, champion)
+    manager = lifecycle.ModelManager(settings, open_store(settings))
+    manager.start()
+    assert manager.champion.model.version == champion
+    denied = register_logistic(settings)
+
+    def load_version(client, version, alias):
+        if str(version.version) == denied:
+            raise MlflowException("Permission denied for requested operation.", error_code=PERMISSION_DENIED)
+        return real_load_version(client, version, alias)
+
+    real_load_version = lifecycle.load_version
+    monkeypatch.setattr(lifecycle, "load_version", load_version)
+    promote(connect(settings), settings, denied)
+    try:
+        outcome = manager.check()
+        assert outcome["champion"].startswith(f"v{denied} refused: the registry refused our credentials")
+        assert manager.champion.model.version == champion
+        assert manager.registry_state == "ok"  # the registry answers; this version is what we may not read
+        refusal = manager.refused["champion"]
+        assert refusal["version"] == denied and "PERMISSION_DENIED" not in refusal["reason"]
+        assert "Permission denied" in refusal["reason"] and "credentials or permissions" in refusal["reason"]
+        assert manager.check()["champion"] == f"v{denied} refused before"  # not retried
+    finally:
+        promote(connect(settings), settings, champion)
