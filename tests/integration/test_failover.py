@@ -129,7 +129,10 @@ def topology_settings(tmp_path, feast_settings, champion):
 @pytest.mark.slow
 def test_a_cluster_master_killed_under_load(tmp_path, topology_settings):
     with redis_cluster(tmp_path / "cluster") as cluster:
-        settings = topology_settings("redis_cluster", cluster.connection_string)
+        # As Feast's cluster example writes it: materialization and the server start with the option.
+        settings = topology_settings(
+            "redis_cluster", f"{cluster.connection_string},skip_full_coverage_check=true"
+        )
         reader = RedisFeatureReader(open_store(settings), "driver_ranker_v1", FEATURES, 1.0)
         master_of = {
             i: cluster_master_of(cluster.connection_string, reader.redis_key(i)) for i in range(1001, 1041)
