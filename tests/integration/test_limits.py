@@ -17,7 +17,12 @@ def guarded_url(feast_settings, champion):
     # A generous read timeout: these tests are about admission control, and on a loaded 2-core CI
     # machine the 0.25 s default was once exceeded by event-loop lag alone (a 503 among the 429s).
     # Read timeouts have their own tests (test_readers_timeouts.py, test_redis_outage.py).
-    env = {"API_KEY": API_KEY, "MAX_CONCURRENCY": "2", "MAX_BODY_BYTES": "20000", "FEATURE_READ_TIMEOUT_S": "2"}
+    env = {
+        "API_KEY": API_KEY,
+        "MAX_CONCURRENCY": "2",
+        "MAX_BODY_BYTES": "20000",
+        "FEATURE_READ_TIMEOUT_S": "2",
+    }
     with ranker_server(feast_settings, workers=1, extra_env=env) as url:
         yield url
 
