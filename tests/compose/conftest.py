@@ -213,11 +213,12 @@ class Stack:
 def stack(image: str, host_shell: HostShell) -> Iterator[Stack]:
     """`DEMO_DATA=true docker compose up -d --wait`, from the user's shell, on free loopback ports;
     `docker compose down -v` at the end, whatever happened. The ranker API's port is lb's."""
-    ports = {"ranker": free_port(), "mlflow": free_port(), "prometheus": free_port()}
+    ports = {"ranker": free_port(), "mlflow": free_port(), "prometheus": free_port(), "grafana": free_port()}
     env = host_shell.env | {
         "RANKER_PORT": str(ports["ranker"]),
         "MLFLOW_PORT": str(ports["mlflow"]),
         "PROMETHEUS_PORT": str(ports["prometheus"]),
+        "GRAFANA_PORT": str(ports["grafana"]),
         "DEMO_DATA": "true",  # the README's way to a demo champion on a fresh stack
     }
     stack = Stack(f"driver-ranker-test-{uuid.uuid4().hex[:8]}", env, ports)

@@ -20,7 +20,7 @@ NOT_IN_COMPOSE = {
     "bento_model_tag": "unset: `driver-ranker:latest`, in the image the model its Bento carries",
     "batch_chunk_rows": "batch scoring is a job (`make batch`), not part of the service",
 }
-LONG_RUNNING = {"redis", "postgres", "mlflow", "ranker", "lb", "prometheus"}
+LONG_RUNNING = {"redis", "postgres", "mlflow", "ranker", "lb", "prometheus", "grafana"}
 
 
 def dotenv(path: Path) -> dict[str, str]:
@@ -151,7 +151,8 @@ def test_long_running_services_are_health_checked_and_awaited(services):
     assert services["lb"]["depends_on"]["ranker"]["condition"] == "service_healthy"
     assert depends["init"]["condition"] == "service_completed_successfully"
     assert services["mlflow"]["depends_on"]["postgres"]["condition"] == "service_healthy"
-    assert services["prometheus"]["profiles"] == ["monitoring"]
+    assert services["prometheus"]["profiles"] == services["grafana"]["profiles"] == ["monitoring"]
+    assert services["grafana"]["depends_on"]["prometheus"]["condition"] == "service_healthy"
 
 
 # Image variables that are not settings of the service, and why.
@@ -196,7 +197,12 @@ def published(service: dict) -> list[tuple[str, str, str]]:
 
 
 # The ranker API is published by lb (HAProxy in front of the replicas), under the ranker's names.
-BIND = {"mlflow": "MLFLOW_BIND", "lb": "RANKER_BIND", "prometheus": "PROMETHEUS_BIND"}
+BIND = {
+    "mlflow": "MLFLOW_BIND",
+    "lb": "RANKER_BIND",
+    "prometheus": "PROMETHEUS_BIND",
+    "grafana": "GRAFANA_BIND",
+}
 
 
 def test_every_published_port_is_loopback_by_default(services):
@@ -243,6 +249,42 @@ def test_published_ports_match_the_containers(services):
     assert ports["mlflow"] == (env["MLFLOW_PORT"], "5000")
     assert ports["lb"] == (env["RANKER_PORT"], services["ranker"]["environment"]["PORT"])
     assert ports["prometheus"] == (env["PROMETHEUS_PORT"], "9090")
+    assert ports["grafana"] == (env["GRAFANA_PORT"], "3000")
+    # Each on a port of its own: Grafana's default (3000) is the ranker API's on the host.
+    assert len({host for host, _ in ports.values()}) == len(ports)
+
+
+def test_grafana_is_provisioned_read_only_from_the_repository(services):
+    grafana = services["grafana"]
+    assert re.fullmatch(r"grafana/grafana:\d+\.\d+\.\d+", grafana["image"]), "pin an exact release"
+    mounts = dict(volume.rsplit(":", 2)[:2] for volume in grafana["volumes"])
+    assert all(volume.endswith(":ro") for volume in grafana["volumes"]), grafana["volumes"]
+    assert set(mounts.values()) == {"/etc/grafana/provisioning", "/etc/grafana/dashboards"}
+    host = {target: DEPLOYMENT / source for source, target in mounts.items()}
+    assert all(path.is_dir() for path in host.values()), host
+    provisioning = host["/etc/grafana/provisioning"]
+    # The data source is compose's Prometheus, by service name and the port it listens on.
+    (source,) = yaml.safe_load((provisioning / "datasources" / "prometheus.yml").read_text())["datasources"]
+    url = urlparse(source["url"])
+    assert source["type"] == "prometheus" and url.hostname == "prometheus" and url.hostname in services
+    assert str(url.port) == published(services["prometheus"])[0][2]
+    scrape = yaml.safe_load((DEPLOYMENT / "prometheus" / "prometheus.yml").read_text())["global"]
+    assert source["jsonData"]["timeInterval"] == scrape["scrape_interval"]  # what $__rate_interval uses
+    # The dashboards' provider reads the mounted folder, which holds the dashboard; the UI cannot edit it.
+    (provider,) = yaml.safe_load((provisioning / "dashboards" / "driver-ranker.yml").read_text())["providers"]
+    assert provider["type"] == "file" and provider["allowUiUpdates"] is False
+    assert provider["options"]["path"] == "/etc/grafana/dashboards"
+    dashboards = host["/etc/grafana/dashboards"]
+    assert (dashboards / "driver-ranker.json").is_file()
+    home = grafana["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+    assert home.startswith("/etc/grafana/dashboards/") and (dashboards / home.rsplit("/", 1)[1]).is_file()
+    # Anonymous visitors view, nobody signs up, and the admin password is .env's (change it there).
+    environment = grafana["environment"]
+    assert environment["GF_AUTH_ANONYMOUS_ENABLED"] == "true"
+    assert environment["GF_AUTH_ANONYMOUS_ORG_ROLE"] == "Viewer"
+    assert environment["GF_USERS_ALLOW_SIGN_UP"] == "false"
+    assert environment["GF_SECURITY_ADMIN_PASSWORD"] == dotenv(DEPLOYMENT / ".env")["GRAFANA_ADMIN_PASSWORD"]
+    assert "http://127.0.0.1:3000/api/health" in " ".join(grafana["healthcheck"]["test"])
 
 
 def test_demo_data_is_off_unless_asked(services):
