@@ -21,13 +21,25 @@ $(VENV)/.installed: requirements.lock requirements-dev.lock pyproject.toml
 
 install: $(VENV)/.installed ## create .venv and install the pinned dependencies (the image's and the dev tools')
 
+# PySpark (the `spark` extra, pinned in requirements-spark.lock) only where OFFLINE_STORE=spark asks
+# for it: never in the image, nor in `make serve`'s install. Spark 4 runs on Java 17 or 21.
+$(VENV)/.installed-spark: $(VENV)/.installed requirements-spark.lock
+	$(BIN)/python -c 'import pyspark' 2>/dev/null || $(BIN)/pip install -q --disable-pip-version-check -r requirements-spark.lock
+	touch $@
+
+install-spark: $(VENV)/.installed-spark ## add the `spark` extra's pinned PySpark to .venv (OFFLINE_STORE=spark installs it itself)
+
+# `make batch|features|train OFFLINE_STORE=spark`: the Spark variant of the Feast repo (make exports
+# the variable, which the settings and feature_repo/driver_repo.py read).
+SPARK := $(if $(filter spark,$(OFFLINE_STORE)),$(VENV)/.installed-spark)
+
 data: $(VENV)/.installed ## generate the seeded synthetic data into feature_repo/data/ (FORCE=1 rewrites it)
 	$(BIN)/python -m driver_ranker.jobs.data $(if $(FORCE),--force)
 
-features: $(VENV)/.installed ## feast apply and materialize into the online store (FULL=1: all data again)
+features: $(VENV)/.installed $(SPARK) ## feast apply and materialize into the online store (FULL=1: all data again; OFFLINE_STORE=spark: on Spark)
 	$(BIN)/python -m driver_ranker.features.store $(if $(FULL),--full)
 
-train: $(VENV)/.installed ## train, register a version, promote it to champion if it passes the gate
+train: $(VENV)/.installed $(SPARK) ## train, register a version, promote it to champion if it passes the gate (OFFLINE_STORE=spark: the join on Spark)
 	$(BIN)/python -m driver_ranker.jobs.training
 
 promote: $(VENV)/.installed ## move the champion alias to VERSION=n (the old one becomes `previous`)
@@ -59,7 +71,7 @@ ab-sim: $(VENV)/.installed ## simulated dispatches on demo data: the A/B report'
 ab-report: $(VENV)/.installed ## per model version: completion of the recommended driver, difference, calibration; writes artifacts/ab/
 	$(BIN)/python -m driver_ranker.jobs.ab_report
 
-batch: $(VENV)/.installed ## score INPUT (CSV/Parquet) into OUTPUT (Parquet) with the champion or VERSION=n; no INPUT: 100k example rows
+batch: $(VENV)/.installed $(SPARK) ## score INPUT (CSV/Parquet) into OUTPUT (Parquet) with the champion or VERSION=n; no INPUT: 100k example rows; OFFLINE_STORE=spark: on Spark
 	$(if $(INPUT),,test -f $(BATCH_EXAMPLE) || $(BIN)/python -m driver_ranker.jobs.data --requests 100000 --requests-out $(BATCH_EXAMPLE))
 	$(BIN)/python -m driver_ranker.jobs.batch $(or $(INPUT),$(BATCH_EXAMPLE)) $(or $(OUTPUT),artifacts/batch/scores.parquet) $(if $(VERSION),--version $(VERSION))
 
@@ -116,4 +128,4 @@ clean: ## remove generated data, registries and reports (keeps .venv)
 	rm -rf feature_repo/data artifacts/* .pytest_cache
 	touch artifacts/.gitkeep
 
-.PHONY: help install data features train promote rollback canary serve stack batch ab-report ab-sim bento containerize bench bench-replicas soak fuzz test lint format clean
+.PHONY: help install install-spark data features train promote rollback canary serve stack batch ab-report ab-sim bento containerize bench bench-replicas soak fuzz test lint format clean

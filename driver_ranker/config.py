@@ -11,7 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -47,6 +47,12 @@ class Settings(BaseSettings):
     )
     feature_read_timeout_s: float = Field(
         0.25, gt=0, description="Bound on one online feature read; past it the request gets 503."
+    )
+    offline_store: Literal["duckdb", "spark"] = Field(
+        "duckdb",
+        description="Feast offline store of training, batch scoring and materialization: DuckDB on "
+        "this machine, or Spark (feature_store.spark.yaml: local mode by default, or a cluster; needs "
+        "the `spark` extra). The service reads only the online store.",
     )
     feast_repo_path: Path = Field(
         PROJECT_ROOT / "feature_repo", description="The Feast repo (feature_store.yaml)."
@@ -169,8 +175,18 @@ class Settings(BaseSettings):
     def _absolute(cls, path: Path) -> Path:
         return path.expanduser().resolve()
 
+    @model_validator(mode="after")
+    def _spark_on_redis(self) -> Settings:
+        """The Spark variant of the repo has one online store, Redis: materializing on Spark into an
+        embedded SQLite file would write from Spark's worker processes into one local file."""
+        if self.offline_store == "spark" and self.online_store != "redis":
+            raise ValueError("OFFLINE_STORE=spark needs ONLINE_STORE=redis (feature_store.spark.yaml)")
+        return self
+
     @property
     def feast_yaml(self) -> Path:
+        if self.offline_store == "spark":  # its online store is Redis, as feature_store.yaml's
+            return self.feast_repo_path / "feature_store.spark.yaml"
         name = "feature_store.yaml" if self.online_store == "redis" else "feature_store.sqlite.yaml"
         return self.feast_repo_path / name
 

@@ -1,8 +1,11 @@
 """Feature definitions of driver-ranker: what a driver is, and what we know about one."""
 
+import os
 from datetime import timedelta
+from pathlib import Path
 
 from feast import Entity, FeatureService, FeatureView, Field, FileSource, ValueType
+from feast.infra.offline_stores.contrib.spark_offline_store.spark_source import SparkSource
 from feast.types import Float32, Int64
 
 # A driver who could take the trip; every feature below is keyed by this id.
@@ -13,13 +16,26 @@ driver = Entity(
     description="A driver, by id (1001 up).",
 )
 
-# Hourly statistics per driver, written by `make data`.
-driver_stats_source = FileSource(
-    name="driver_stats_source",
-    path="data/driver_stats.parquet",
-    timestamp_field="event_timestamp",
-    created_timestamp_column="created",
-)
+# Hourly statistics per driver, written by `make data`. Each offline store reads its own kind of
+# source, so OFFLINE_STORE (the setting that also picks feature_store.spark.yaml) picks the kind here;
+# the Feast CLI has no other way to tell this file. Spark's path is absolute: its JVM would resolve a
+# relative one against the folder it started in. On a cluster, a path every executor reads
+# (s3a://bucket/driver_stats/).
+if os.environ.get("OFFLINE_STORE", "duckdb").lower() == "spark":
+    driver_stats_source = SparkSource(
+        name="driver_stats_source",
+        path=str(Path(__file__).resolve().parent / "data" / "driver_stats.parquet"),
+        file_format="parquet",
+        timestamp_field="event_timestamp",
+        created_timestamp_column="created",
+    )
+else:
+    driver_stats_source = FileSource(
+        name="driver_stats_source",
+        path="data/driver_stats.parquet",
+        timestamp_field="event_timestamp",
+        created_timestamp_column="created",
+    )
 
 # The statistics the ranker reads online and trains on offline.
 driver_stats = FeatureView(

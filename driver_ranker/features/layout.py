@@ -38,7 +38,7 @@ def resolved_views(store: FeatureStore, service_name: str) -> list[BaseFeatureVi
     except FeatureServiceNotFoundException:
         raise MissingFeatures(
             f"feature service {service_name!r} is not in the Feast registry of {store.repo_path}: "
-            "run `make features`"
+            "run `make features` (with OFFLINE_STORE=spark for the Spark repo's registry, its own)"
         ) from None
     try:
         # Private, but it is what get_online_features uses: both readers name the same views.

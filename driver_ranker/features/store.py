@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import logging
+import os
+import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,6 +20,8 @@ import pyarrow.parquet as pq
 import redis
 import redis.asyncio as aioredis
 from feast import FeatureService, FeatureStore, FileSource
+from feast.data_source import DataSource
+from feast.infra.offline_stores.contrib.spark_offline_store.spark_source import SparkSource
 from feast.infra.online_stores.redis import RedisOnlineStore, RedisOnlineStoreConfig, RedisType
 from feast.repo_config import RepoConfig, load_repo_config
 from feast.repo_operations import apply_total, cli_check_repo, parse_repo
@@ -50,6 +55,8 @@ def open_store(settings: Settings) -> FeatureStore:
     as Feast users expect; the service, `make features` and compose take Redis from
     REDIS_CONNECTION_STRING, REDIS_TYPE and REDIS_SENTINEL_MASTER instead.
     """
+    if settings.offline_store == "spark":
+        require_spark()
     config = load_repo_config(settings.feast_repo_path, settings.feast_yaml)
     online = config.online_config
     # Both set before anything reads `config.online_store` or `config.registry`, which Feast builds
@@ -59,6 +66,18 @@ def open_store(settings: Settings) -> FeatureStore:
     if settings.feast_registry is not None:
         config.registry_config = sql_registry_config(settings.feast_registry.get_secret_value(), config)
     return FeatureStore(repo_path=str(settings.feast_repo_path), config=config)
+
+
+def require_spark() -> None:
+    """Raises DependencyUnavailable, saying what to install, without PySpark; and makes Spark's
+    Python workers run this interpreter, which has Feast (materialization writes to Redis from
+    them), unless PYSPARK_PYTHON names another (a cluster's executors have their own Python)."""
+    if importlib.util.find_spec("pyspark") is None:
+        raise DependencyUnavailable(
+            "OFFLINE_STORE=spark needs PySpark: `pip install -e '.[spark]'` "
+            "(or `pip install -r requirements-spark.lock`), and Java 17 or 21."
+        )
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
 
 
 def sql_registry_config(url: str, config: RepoConfig) -> dict:
@@ -176,12 +195,35 @@ def ping_redis(config: RedisOnlineStoreConfig, timeout_s: float = 1.0) -> None:
         ) from exc
 
 
+def local_file(source: DataSource, repo_path: Path) -> Path | None:
+    """The local file a file or Spark source reads (relative paths are the repo's); None for a
+    table, a query or a URI (s3a://...), which this machine cannot check."""
+    path = source.path if isinstance(source, FileSource | SparkSource) else None
+    if not path or "://" in path:
+        return None
+    return repo_path / path
+
+
 def source_files(settings: Settings) -> list[Path]:
-    """The files the repo's file sources read (relative paths are the repo's)."""
+    """The local files the repo's sources read.
+
+    Raises ValueError when the definitions are of the other offline store's kind: driver_repo.py
+    reads OFFLINE_STORE from the environment, and a value set only in a .env file misses it.
+    """
     with contextlib.chdir(settings.feast_repo_path):
         cli_check_repo(settings.feast_repo_path, settings.feast_yaml)  # puts the repo on sys.path
         sources = parse_repo(settings.feast_repo_path).data_sources
-    return [settings.feast_repo_path / s.path for s in sources if isinstance(s, FileSource)]
+    expected = SparkSource if settings.offline_store == "spark" else FileSource
+    wrong = [
+        s.name for s in sources if isinstance(s, FileSource | SparkSource) and not isinstance(s, expected)
+    ]
+    if wrong:
+        raise ValueError(
+            f"OFFLINE_STORE={settings.offline_store} but the Feast repo defines {', '.join(wrong)} for "
+            "the other offline store: export OFFLINE_STORE in the environment, which driver_repo.py reads."
+        )
+    files = (local_file(s, settings.feast_repo_path) for s in sources)
+    return [path for path in files if path is not None]
 
 
 def require_data(settings: Settings) -> None:
@@ -222,18 +264,22 @@ def historical_features(
     # Arrow refuses to cast nanoseconds it would lose into the offline store's microseconds.
     entity_df = entity_df.assign(event_timestamp=entity_df["event_timestamp"].dt.floor("us"))
     with in_repo(store):
-        return store.get_historical_features(entity_df=entity_df, features=service).to_df()
+        rows = store.get_historical_features(entity_df=entity_df, features=service).to_df()
+    # Spark hands back times without their zone, in its session's (UTC: feature_store.spark.yaml).
+    if rows["event_timestamp"].dt.tz is None:
+        rows["event_timestamp"] = rows["event_timestamp"].dt.tz_localize("UTC")
+    return rows
 
 
 def _online_store_filled(store: FeatureStore) -> bool:
     """Whether the first entity of each view's source file has features online (a Redis that
-    restarted empty has none). Views whose source is no file are taken as filled."""
+    restarted empty has none). Views whose source is no local file are taken as filled."""
     for view in store.list_feature_views():
-        source = view.batch_source
-        if not isinstance(source, FileSource):
+        path = local_file(view.batch_source, store.repo_path)
+        if path is None:
             continue
         join_key = view.entity_columns[0].name
-        first = pq.ParquetFile(store.repo_path / source.path).read_row_group(0, columns=[join_key])
+        first = pq.ParquetFile(path).read_row_group(0, columns=[join_key])
         row = store.get_online_features(
             features=[f"{view.name}:{f.name}" for f in view.features],
             entity_rows=[{join_key: first.column(0)[0].as_py()}],
@@ -270,7 +316,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         store = apply(settings)
         kind = materialize(store, full=args.full)
-    except (DependencyUnavailable, FileNotFoundError) as exc:
+    except (DependencyUnavailable, FileNotFoundError, ValueError) as exc:
         raise SystemExit(f"error: {exc}") from None
     logger.info(
         "features: applied project %r, %s materialization into %s in %.1f s",

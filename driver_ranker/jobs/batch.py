@@ -3,7 +3,7 @@ model and feature order as the online service, scores to Parquet.
 
 `python -m driver_ranker.jobs.batch INPUT OUTPUT` (`make batch`, `driver-ranker-batch`) reads CSV or
 Parquet rows of (request_id, driver_id, event_timestamp) in chunks, joins each chunk to the model's
-feature service as of each row's time through whichever offline store feature_store.yaml names,
+feature service as of each row's time through the offline store OFFLINE_STORE picks (DuckDB, or Spark),
 scores it with the champion (or `--version N`) and writes two Parquet files: every row with its
 score, and the best driver of each request. Neither appears unless the whole input was scored.
 """
@@ -29,7 +29,7 @@ from feast import FeatureService, FeatureStore
 from tqdm import tqdm
 
 from driver_ranker.config import Settings, get_settings
-from driver_ranker.errors import BadBatchInput, MissingFeatures, ModelUnavailable
+from driver_ranker.errors import BadBatchInput, DependencyUnavailable, MissingFeatures, ModelUnavailable
 from driver_ranker.features.layout import service_features
 from driver_ranker.features.online import JOIN_KEY
 from driver_ranker.features.store import historical_features, open_store
@@ -69,16 +69,22 @@ class BatchReport:
     model: str
     scores_path: Path
     best_path: Path
+    offline_store: str = "duckdb"
 
     @property
     def rows_per_s(self) -> float:
         return self.rows / self.seconds if self.seconds else 0.0
 
+    @property
+    def _whose_memory(self) -> str:
+        return " (Python only: Spark's JVM not counted)" if self.offline_store == "spark" else ""
+
     def __str__(self) -> str:
         return (
             f"scored {self.rows:,} rows ({self.requests:,} requests, {self.rows_without_features:,} rows "
             f"without features) with {self.model} in {self.seconds:.1f} s: {self.rows_per_s:,.0f} rows/s, "
-            f"peak memory {self.peak_rss_mb:,.0f} MB\n  scores: {self.scores_path}\n  best:   {self.best_path}"
+            f"peak memory {self.peak_rss_mb:,.0f} MB{self._whose_memory}\n  scores: {self.scores_path}\n"
+            f"  best:   {self.best_path}"
         )
 
 
@@ -304,6 +310,7 @@ def run(
         model=f"{model.name} v{model.version}",
         scores_path=output_path,
         best_path=best_path,
+        offline_store=settings.offline_store,
     )
 
 
@@ -324,7 +331,7 @@ def main(argv: list[str] | None = None) -> None:
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     try:
         report = run(get_settings(), args.input, args.output, args.version, progress=not args.no_progress)
-    except (BadBatchInput, ModelUnavailable, MissingFeatures) as exc:
+    except (BadBatchInput, ModelUnavailable, MissingFeatures, DependencyUnavailable) as exc:
         raise SystemExit(f"error: {exc}") from None
     print(report)
 

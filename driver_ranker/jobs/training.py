@@ -26,6 +26,7 @@ from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import FunctionTransformer, StandardScaler
 
 from driver_ranker.config import PROJECT_ROOT, Settings, get_settings
+from driver_ranker.errors import DependencyUnavailable
 from driver_ranker.features.store import FEATURE_SERVICE, historical_features, open_store, require_data
 from driver_ranker.jobs.data import ORDERS_FILE
 from driver_ranker.model.drift import METADATA_KEY, DriftReference
@@ -237,7 +238,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     try:
         report = train(settings, options)
-    except (FileNotFoundError, ValueError) as exc:
+    except (FileNotFoundError, ValueError, DependencyUnavailable) as exc:
         raise SystemExit(f"error: {exc}") from None
     print(report)
 

@@ -30,15 +30,24 @@ REDIS = "127.0.0.1:6379"
 def make_feast_repo(root: Path, spec: DataSpec, redis: str = REDIS, **settings: object) -> Path:
     """A copy of feature_repo/ under `root` with its own Feast project name (so its Redis keys are
     its own), generated data, applied and materialized (`settings`: e.g. another `redis_type`)."""
-    repo = root / "feature_repo"
-    repo.mkdir(parents=True)
-    shutil.copy(PROJECT_ROOT / "feature_repo" / "driver_repo.py", repo)
-    project = f"t_{uuid.uuid4().hex[:10]}"
-    for name in ("feature_store.yaml", "feature_store.sqlite.yaml"):
-        yaml = (PROJECT_ROOT / "feature_repo" / name).read_text()
-        (repo / name).write_text(yaml.replace("project: driver_ranker", f"project: {project}"))
+    repo = copy_feature_repo(root)
     write(spec, repo / "data")
     materialize(apply(repo_settings(repo, redis, **settings)))
+    return repo
+
+
+def copy_feature_repo(root: Path, data: Path | None = None) -> Path:
+    """feature_repo/'s definitions and yamls under `root`, with a Feast project name of their own,
+    and the Parquet files of `data` (another repo's data/) when given; not applied."""
+    repo = root / "feature_repo"
+    (repo / "data").mkdir(parents=True)
+    shutil.copy(PROJECT_ROOT / "feature_repo" / "driver_repo.py", repo)
+    project = f"t_{uuid.uuid4().hex[:10]}"
+    for name in ("feature_store.yaml", "feature_store.sqlite.yaml", "feature_store.spark.yaml"):
+        yaml = (PROJECT_ROOT / "feature_repo" / name).read_text()
+        (repo / name).write_text(yaml.replace("project: driver_ranker", f"project: {project}"))
+    for parquet in sorted(data.glob("*.parquet")) if data else ():
+        shutil.copy(parquet, repo / "data")
     return repo
 
 
@@ -68,6 +77,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
         "MLFLOW_TRACKING_URI": settings.mlflow_tracking_uri,
         "MLFLOW_ARTIFACT_ROOT": str(settings.mlflow_artifact_root),
         "ONLINE_STORE": settings.online_store,
+        "OFFLINE_STORE": settings.offline_store,
     }
 
 

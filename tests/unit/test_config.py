@@ -1,3 +1,6 @@
+import pytest
+from pydantic import ValidationError
+
 from driver_ranker.config import PROJECT_ROOT, Settings
 
 
@@ -29,3 +32,15 @@ def test_empty_secrets_are_unset(monkeypatch):
     assert settings.admin_token is None and settings.api_key is None
     monkeypatch.setenv("ADMIN_TOKEN", "t0k3n")
     assert Settings(_env_file=None).admin_token.get_secret_value() == "t0k3n"
+
+
+def test_offline_store_spark_picks_the_spark_repo_on_redis_only(monkeypatch):
+    monkeypatch.delenv("ONLINE_STORE", raising=False)
+    monkeypatch.setenv("OFFLINE_STORE", "spark")
+    assert Settings(_env_file=None).feast_yaml.name == "feature_store.spark.yaml"
+    monkeypatch.setenv("ONLINE_STORE", "sqlite")
+    with pytest.raises(ValidationError, match="OFFLINE_STORE=spark needs ONLINE_STORE=redis"):
+        Settings(_env_file=None)
+    monkeypatch.setenv("OFFLINE_STORE", "bigquery")
+    with pytest.raises(ValidationError, match="offline_store"):
+        Settings(_env_file=None)
