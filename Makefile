@@ -24,7 +24,7 @@ install: $(VENV)/.installed ## create .venv and install the pinned dependencies 
 # PySpark (the `spark` extra, pinned in requirements-spark.lock) only where OFFLINE_STORE=spark asks
 # for it: never in the image, nor in `make serve`'s install. Spark 4 runs on Java 17 or 21.
 $(VENV)/.installed-spark: $(VENV)/.installed requirements-spark.lock
-	$(BIN)/python -c 'import pyspark' 2>/dev/null || $(BIN)/pip install -q --disable-pip-version-check -r requirements-spark.lock
+	$(BIN)/pip install -q --disable-pip-version-check -r requirements-spark.lock
 	touch $@
 
 install-spark: $(VENV)/.installed-spark ## add the `spark` extra's pinned PySpark to .venv (OFFLINE_STORE=spark installs it itself)
@@ -128,4 +128,4 @@ clean: ## remove generated data, registries and reports (keeps .venv)
 	rm -rf feature_repo/data artifacts/* .pytest_cache
 	touch artifacts/.gitkeep
 
-.PHONY: help install install-spark data features train promote rollback canary serve stack batch ab-report ab-sim bento containerize bench bench-replicas soak fuzz test lint format clean
+.PHONY: help install install-spark data features train promote rollback canary serve stack batch ab-report ab-sim drift-report bento containerize bench bench-replicas soak fuzz test lint format clean

@@ -52,7 +52,8 @@ class Settings(BaseSettings):
         "duckdb",
         description="Feast offline store of training, batch scoring and materialization: DuckDB on "
         "this machine, or Spark (feature_store.spark.yaml: local mode by default, or a cluster; needs "
-        "the `spark` extra). The service reads only the online store.",
+        "the `spark` extra). The service reads only the online store and that variant's registry, with no "
+        "PySpark.",
     )
     feast_repo_path: Path = Field(
         PROJECT_ROOT / "feature_repo", description="The Feast repo (feature_store.yaml)."
@@ -121,6 +122,7 @@ class Settings(BaseSettings):
     drift_sample_rows: int = Field(
         5_000,
         ge=0,
+        le=100_000,
         description="Feature rows the champion scored that each worker keeps (the latest) to compare with "
         "the training reference; 0 turns drift monitoring off.",
     )
@@ -181,6 +183,15 @@ class Settings(BaseSettings):
         embedded SQLite file would write from Spark's worker processes into one local file."""
         if self.offline_store == "spark" and self.online_store != "redis":
             raise ValueError("OFFLINE_STORE=spark needs ONLINE_STORE=redis (feature_store.spark.yaml)")
+        return self
+
+    @model_validator(mode="after")
+    def _drift_can_export(self) -> Settings:
+        if self.drift_sample_rows and self.drift_min_rows > self.drift_sample_rows:
+            raise ValueError(
+                f"DRIFT_MIN_ROWS ({self.drift_min_rows}) is above DRIFT_SAMPLE_ROWS ({self.drift_sample_rows}): "
+                "drift would never be exported"
+            )
         return self
 
     @property

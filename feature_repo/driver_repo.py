@@ -21,7 +21,7 @@ driver = Entity(
 # the Feast CLI has no other way to tell this file. Spark's path is absolute: its JVM would resolve a
 # relative one against the folder it started in. On a cluster, a path every executor reads
 # (s3a://bucket/driver_stats/).
-if os.environ.get("OFFLINE_STORE", "duckdb").lower() == "spark":
+if os.environ.get("OFFLINE_STORE", "duckdb") == "spark":
     driver_stats_source = SparkSource(
         name="driver_stats_source",
         path=str(Path(__file__).resolve().parent / "data" / "driver_stats.parquet"),

@@ -19,6 +19,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import redis
 import redis.asyncio as aioredis
+import yaml
 from feast import FeatureService, FeatureStore, FileSource
 from feast.data_source import DataSource
 from feast.infra.offline_stores.contrib.spark_offline_store.spark_source import SparkSource
@@ -47,17 +48,21 @@ REDIS_ERRORS = (redis.RedisError, RedisClusterException, OSError)
 """What a Redis, a Redis Cluster or a Sentinel that does not answer raises through redis-py."""
 
 
-def open_store(settings: Settings) -> FeatureStore:
+def open_store(settings: Settings, offline: bool = True) -> FeatureStore:
     """Feast's store for these settings: the repo's yaml, read by Feast's own loader, with the Redis
     of the settings.
 
     feature_store.yaml holds literal defaults so that the `feast` CLI works inside feature_repo/
     as Feast users expect; the service, `make features` and compose take Redis from
-    REDIS_CONNECTION_STRING, REDIS_TYPE and REDIS_SENTINEL_MASTER instead.
+    REDIS_CONNECTION_STRING, REDIS_TYPE and REDIS_SENTINEL_MASTER instead. `offline=False` (the
+    service, the drift report): the registry and online store only (`online_repo_config`).
     """
-    if settings.offline_store == "spark":
-        require_spark()
-    config = load_repo_config(settings.feast_repo_path, settings.feast_yaml)
+    if not offline:
+        config = online_repo_config(settings)
+    else:
+        if settings.offline_store == "spark":
+            require_spark()
+        config = load_repo_config(settings.feast_repo_path, settings.feast_yaml)
     online = config.online_config
     # Both set before anything reads `config.online_store` or `config.registry`, which Feast builds
     # once from these.
@@ -66,6 +71,18 @@ def open_store(settings: Settings) -> FeatureStore:
     if settings.feast_registry is not None:
         config.registry_config = sql_registry_config(settings.feast_registry.get_secret_value(), config)
     return FeatureStore(repo_path=str(settings.feast_repo_path), config=config)
+
+
+def online_repo_config(settings: Settings) -> RepoConfig:
+    """The repo's config without its offline store and batch engine, which reading online never
+    uses: with OFFLINE_STORE=spark the service reads the registry the Spark jobs applied, and needs
+    no PySpark (the image has none)."""
+    raw = yaml.safe_load(os.path.expandvars(settings.feast_yaml.read_text()))
+    for section in ("offline_store", "batch_engine"):
+        raw.pop(section, None)
+    config = RepoConfig(**raw)
+    config.repo_path = settings.feast_repo_path
+    return config
 
 
 def require_spark() -> None:

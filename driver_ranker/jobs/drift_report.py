@@ -38,13 +38,22 @@ def sample_drivers(settings: Settings, drivers_file: Path | None) -> list[int]:
         raise FileNotFoundError(
             f"{path} does not exist: pass --drivers FILE (a CSV or Parquet with driver_id)"
         )
-    frame = pd.read_csv(path, usecols=["driver_id"]) if path.suffix == ".csv" else pd.read_parquet(path)
-    return pd.unique(frame["driver_id"].astype("int64")).tolist()
+    csv = ".csv" in path.suffixes  # .csv.gz too, as make batch reads them
+    try:
+        frame = (
+            pd.read_csv(path, usecols=["driver_id"]) if csv else pd.read_parquet(path, columns=["driver_id"])
+        )
+    except (ValueError, KeyError, OSError) as exc:  # no driver_id column, or not CSV/Parquet
+        raise ValueError(f"{path}: cannot read a driver_id column ({exc})") from None
+    ids = pd.unique(frame["driver_id"].dropna().astype("int64")).tolist()
+    if not ids:
+        raise ValueError(f"{path} holds no driver id")
+    return ids
 
 
 def read_served(settings: Settings, model: LoadedModel, driver_ids: list[int]) -> FeatureRows:
     """The rows the ranker would score for these drivers now, through its own reader."""
-    store = open_store(settings)
+    store = open_store(settings, offline=False)
     model = resolve_feature_service(model, store, settings.default_feature_service)
     reader = open_reader(
         store, model.feature_service, model.feature_names, max(settings.feature_read_timeout_s, 5)
@@ -65,14 +74,14 @@ def read_served(settings: Settings, model: LoadedModel, driver_ids: list[int]) -
 
 
 def bin_labels(feature: FeatureReference) -> list[str]:
-    edges = [f"{e:.4g}" for e in feature.edges]
-    if not edges:  # a feature constant at training: one bin
-        return ["all"]
-    return [
-        f"< {edges[0]}",
-        *(f"[{a}, {b})" for a, b in itertools.pairwise(edges)),
-        f">= {edges[-1]}",
-    ]
+    """A label per bin of the feature, as its report table shows them."""
+    edges = feature.edges
+    labels = [f"< {edges[0]:.4g}"] if len(edges) else ["all values"]
+    for low, high in itertools.pairwise(edges):
+        labels.append(f"= {low:.4g}" if high == np.nextafter(low, np.inf) else f"[{low:.4g}, {high:.4g})")
+    if len(edges):
+        labels.append(f">= {edges[-1]:.4g}")
+    return [*labels, "missing (NaN)"]
 
 
 def report(

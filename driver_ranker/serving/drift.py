@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+from collections.abc import Callable
 
 import numpy as np
 
@@ -29,12 +30,17 @@ class DriftMonitor:
         self._exported: set[str] = set()
         self.psi: dict[str, float] = {}
 
-    def observe(self, model: LoadedModel, matrix: np.ndarray) -> None:
-        """Keeps the rows `model` scored (request path: one or two slice copies)."""
-        if model is not self._model:  # a swap: the new version's own features and reference
+    def _follow(self, model: LoadedModel) -> None:
+        """A new sample for a new champion: its own features and reference."""
+        if model is not self._model:
             self._model = model
             self._sample = np.empty((self.capacity, len(model.feature_names)))
             self._next = self._filled = 0
+            self.psi = {}
+
+    def observe(self, model: LoadedModel, matrix: np.ndarray) -> None:
+        """Keeps the rows `model` scored (request path: one or two slice copies)."""
+        self._follow(model)
         if model.drift_reference is None or not self.capacity or not len(matrix):
             return
         rows = matrix[-self.capacity :]
@@ -44,9 +50,11 @@ class DriftMonitor:
         self._next = (self._next + len(rows)) % self.capacity
         self._filled = min(self._filled + len(rows), self.capacity)
 
-    def export(self) -> dict[str, float]:
-        """Computes PSI per feature from the sample and sets the gauges; a feature the current model
-        no longer has (or too small a sample) reads NaN, which no alert fires on."""
+    def export(self, champion: LoadedModel) -> dict[str, float]:
+        """Computes PSI per feature from the sample of `champion` (the one serving now: a swap with no
+        request since starts an empty sample) and sets the gauges; a feature the model does not
+        have (or too small a sample) reads NaN, which no alert fires on."""
+        self._follow(champion)
         model = self._model
         metrics.DRIFT_SAMPLE_ROWS.set(self._filled)
         psi: dict[str, float] = {}
@@ -60,16 +68,16 @@ class DriftMonitor:
         self.psi = psi
         return psi
 
-    async def export_forever(self) -> None:
+    async def export_forever(self, champion: Callable[[], LoadedModel]) -> None:
         while True:
             await asyncio.sleep(self.interval_s)
-            self.export()
+            self.export(champion())
 
-    def describe(self) -> dict:
+    def describe(self, champion: LoadedModel) -> dict:
         """GET /model's `drift`: the sample and the last PSI per feature, with its verdict."""
-        model = self._model
+        self._follow(champion)
         return {
-            "reference": model is not None and model.drift_reference is not None,
+            "reference": champion.drift_reference is not None,
             "sample_rows": self._filled,
             "min_rows": self.min_rows,
             "psi": {f: {"value": round(v, 4), "verdict": verdict(v)} for f, v in self.psi.items()},

@@ -73,7 +73,7 @@ class Ranker:
     def start(cls, settings: Settings) -> Ranker:
         """Loads the models and opens the online store; raises ModelUnavailable when no model can serve."""
         metrics.forget_dead_workers()
-        store = open_store(settings)
+        store = open_store(settings, offline=False)
         manager = ModelManager(settings, store)
         manager.start()
         online_store = type(store.config.online_store).__name__.removesuffix("OnlineStoreConfig")
@@ -99,7 +99,7 @@ class Ranker:
         if self.bandit is not None:
             work.append(self.bandit.refresh_forever(lambda: sorted(set(self.arms().values()))))
         if self.settings.drift_sample_rows:
-            work.append(self.drift.export_forever())
+            work.append(self.drift.export_forever(lambda: self.manager.champion.model))
         return work
 
     def arms(self) -> dict[str, str]:
@@ -290,5 +290,5 @@ class Ranker:
             "registry_checked_at": manager.checked_at.isoformat() if manager.checked_at else None,
             "registry_state": manager.registry_state,
             "registry_error": manager.registry_error,
-            "drift": self.drift.describe(),
+            "drift": self.drift.describe(manager.champion.model),
         }

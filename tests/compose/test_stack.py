@@ -233,16 +233,25 @@ def test_5_restart_and_down_then_up_keep_the_champion_and_lose_nothing(stack):
     assert same_ranking(answer(stack), body)
 
 
+_GRAFANA_AT_HAND: dict[str, bool] = {}
+
+
 def grafana_image_at_hand(stack) -> bool:
-    """Whether Grafana's pinned image is on this machine or can be pulled. Machines that reach no
-    container registry (the project's CI machine among them) have neither: the monitoring profile
-    then comes up without Grafana, and its test says so loudly."""
+    """Whether Grafana's pinned image is on this machine or can be pulled (asked once). Machines
+    that reach no container registry (the project's CI machine among them) have neither: the
+    monitoring profile then comes up without Grafana, and its test says so loudly."""
     images = stack.compose("--profile", "monitoring", "config", "--images").stdout.split()
     image = next(i for i in images if i.startswith("grafana/"))
-    inspect = ["docker", "image", "inspect", image]
-    if subprocess.run(inspect, capture_output=True).returncode == 0:
-        return True
-    return subprocess.run(["docker", "pull", "-q", image], capture_output=True, timeout=300).returncode == 0
+    if image not in _GRAFANA_AT_HAND:
+        present = subprocess.run(["docker", "image", "inspect", image], capture_output=True).returncode == 0
+        if not present:
+            try:  # a registry that hangs rather than refuses must not fail Prometheus's test
+                pull = subprocess.run(["docker", "pull", "-q", image], capture_output=True, timeout=300)
+                present = pull.returncode == 0
+            except subprocess.TimeoutExpired:
+                present = False
+        _GRAFANA_AT_HAND[image] = present
+    return _GRAFANA_AT_HAND[image]
 
 
 def test_6_prometheus_scrapes_the_ranker(stack):

@@ -368,7 +368,8 @@ def test_ranker_pods_wait_for_the_definitions_the_job_applies(k8s, monkeypatch):
     assert wait["command"][:2] == ["python", "-c"]
     assert wait["envFrom"] == k8s.ranker["envFrom"] and wait["workingDir"] == k8s.init["workingDir"]
     assert (
-        "def open_store(settings: Settings)" in (PROJECT_ROOT / "driver_ranker/features/store.py").read_text()
+        "def open_store(settings: Settings, offline: bool = True)"
+        in (PROJECT_ROOT / "driver_ranker/features/store.py").read_text()
     )
     # The script, run against a registry that fails, then is empty, then holds the definitions.
     answers = [ConnectionRefusedError("postgres:5432"), [], [], ["driver_ranker_v1"]]
@@ -388,7 +389,7 @@ def test_ranker_pods_wait_for_the_definitions_the_job_applies(k8s, monkeypatch):
             raise Stuck("still waiting once the definitions are there")
 
     store_module = types.ModuleType("driver_ranker.features.store")
-    store_module.open_store = lambda settings: Store()
+    store_module.open_store = lambda settings, offline=True: Store()
     monkeypatch.setitem(sys.modules, "driver_ranker.features.store", store_module)
     monkeypatch.setattr(time, "sleep", sleep)
     exec(compile(wait["command"][2], "wait-for-feast-definitions", "exec"), {})

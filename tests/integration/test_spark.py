@@ -6,6 +6,7 @@ One Spark session serves the whole module (Feast starts it on first use), stoppe
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -23,6 +24,8 @@ from driver_ranker.jobs.training import training_frame
 from tests.support.stack import copy_feature_repo, repo_settings, teardown_repo, use_definitions_of
 
 pytest.importorskip("pyspark", reason="the `spark` extra: pip install -r requirements-spark.lock")
+if shutil.which("java") is None:
+    pytest.skip("Spark needs Java 17 or 21 on PATH", allow_module_level=True)
 
 FEATURES = ["conv_rate", "acc_rate", "avg_daily_trips"]
 
