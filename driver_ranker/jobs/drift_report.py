@@ -24,7 +24,7 @@ from driver_ranker.errors import FeatureStoreUnavailable, MissingFeatures, Model
 from driver_ranker.features.online import FeatureRows, open_reader
 from driver_ranker.features.store import open_store
 from driver_ranker.jobs.data import STATS_FILE
-from driver_ranker.model.drift import DriftReference, FeatureReference, verdict
+from driver_ranker.model.drift import DriftReference, FeatureReference, psi, verdict
 from driver_ranker.model.registry import LoadedModel, load_alias, load_numbered, resolve_feature_service
 
 OUT = PROJECT_ROOT / "artifacts" / "drift"
@@ -94,7 +94,7 @@ def report(
         if name in reference.features:
             feature = reference.features[name]
             served = feature.shares_of(rows.matrix[:, column])
-            figures[name] = (feature.shares, served, feature.psi(rows.matrix[:, column]))
+            figures[name] = (feature.shares, served, psi(feature.shares, served))
     lines = [
         f"# Feature drift of {model.name} v{model.version} (@{model.alias})",
         "",
@@ -103,7 +103,7 @@ def report(
         "",
         "| feature | PSI | verdict |",
         "| --- | ---: | --- |",
-        *(f"| {name} | {psi:.4f} | {verdict(psi)} |" for name, (_, _, psi) in figures.items()),
+        *(f"| {name} | {value:.4f} | {verdict(value)} |" for name, (_, _, value) in figures.items()),
     ]
     for name, (expected, served, _) in figures.items():
         lines += ["", f"## {name}", "", "| bin | training | served |", "| --- | ---: | ---: |"]
@@ -119,11 +119,11 @@ def chart(model: LoadedModel, figures: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, len(figures), figsize=(4.2 * len(figures), 3.6), squeeze=False)
-    for axis, (name, (expected, served, psi)) in zip(axes[0], figures.items(), strict=True):
+    for axis, (name, (expected, served, value)) in zip(axes[0], figures.items(), strict=True):
         positions = np.arange(len(expected))
         axis.bar(positions - 0.2, expected, width=0.4, label="training")
         axis.bar(positions + 0.2, served, width=0.4, label="served now")
-        axis.set_title(f"{name}: PSI {psi:.3f} ({verdict(psi)})")
+        axis.set_title(f"{name}: PSI {value:.3f} ({verdict(value)})")
         axis.set_xlabel("training decile bin")
         axis.set_xticks(positions)
     axes[0][0].set_ylabel("share of rows")

@@ -54,19 +54,31 @@ def serve_until_ready(
             cwd=PROJECT_ROOT, env={**env, **SERVING_ENV}, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True,
         )  # fmt: skip
-    deadline = time.monotonic() + ready_timeout
+    try:
+        wait_until_ready(proc, f"http://127.0.0.1:{port}/readyz", target, log_path, ready_timeout)
+    except TimeoutError:
+        stop_process_group(proc)
+        raise
+    return proc
+
+
+def wait_until_ready(
+    proc: subprocess.Popen, url: str, what: str, log_path: Path, timeout: float, poll_s: float = 0.05
+) -> None:
+    """Returns once GET `url` answers 200; raises RuntimeError if `proc` exits first, TimeoutError
+    after `timeout` seconds, each with the tail of its log."""
+    deadline = time.monotonic() + timeout
     while True:
         if proc.poll() is not None:
-            raise RuntimeError(f"{target} exited with {proc.returncode}:\n{log_path.read_text()[-4000:]}")
+            raise RuntimeError(f"{what} exited with {proc.returncode}:\n{log_path.read_text()[-4000:]}")
         try:
-            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
-                return proc
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
         except httpx.HTTPError:
             pass
         if time.monotonic() > deadline:
-            stop_process_group(proc)
-            raise TimeoutError(f"{target} not ready in {ready_timeout}s:\n{log_path.read_text()[-4000:]}")
-        time.sleep(0.05)
+            raise TimeoutError(f"{what} not ready in {timeout}s:\n{log_path.read_text()[-4000:]}")
+        time.sleep(poll_s)
 
 
 def stop_process_group(proc: subprocess.Popen, grace_s: float = 15) -> None:

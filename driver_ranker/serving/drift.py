@@ -55,11 +55,10 @@ class DriftMonitor:
         request since starts an empty sample) and sets the gauges; a feature the model does not
         have (or too small a sample) reads NaN, which no alert fires on."""
         self._follow(champion)
-        model = self._model
         metrics.DRIFT_SAMPLE_ROWS.set(self._filled)
         psi: dict[str, float] = {}
-        if model is not None and model.drift_reference is not None and self._filled >= self.min_rows:
-            psi = model.drift_reference.psi_of(model.feature_names, self._sample[: self._filled])
+        if champion.drift_reference is not None and self._filled >= self.min_rows:
+            psi = champion.drift_reference.psi_of(champion.feature_names, self._sample[: self._filled])
         for feature in self._exported - psi.keys():
             metrics.FEATURE_PSI.labels(feature=feature).set(math.nan)
         for feature, value in psi.items():

@@ -4,7 +4,6 @@ loopback port, with its own config and storage in a temporary folder removed at 
 from __future__ import annotations
 
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
@@ -16,7 +15,7 @@ import httpx
 import pytest
 import yaml
 
-from driver_ranker.ops.processes import free_port
+from driver_ranker.ops.processes import free_port, stop_process_group, wait_until_ready
 
 DEBIAN_BINARY = Path("/usr/bin/prometheus")
 
@@ -150,29 +149,13 @@ def prometheus_server(
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
     server = Prometheus(f"http://127.0.0.1:{port}", log_path)
     try:
-        deadline = time.monotonic() + ready_timeout
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"prometheus exited with {proc.returncode}:\n{server.log_tail()}")
-            try:
-                if httpx.get(f"{server.url}/-/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"prometheus not ready in {ready_timeout}s:\n{server.log_tail()}")
-            time.sleep(0.1)
+        wait_until_ready(proc, f"{server.url}/-/ready", "prometheus", log_path, ready_timeout, poll_s=0.1)
         yield server
     finally:
         server.close()
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_process_group(proc, grace_s=10)
         shutil.rmtree(folder, ignore_errors=True)
