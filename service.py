@@ -20,10 +20,9 @@ from driver_ranker.config import get_settings
 from driver_ranker.errors import FeatureStoreUnavailable, ModelUnavailable
 from driver_ranker.logs import configure_logging
 from driver_ranker.serving.admin import AdminDenied, authorize
-from driver_ranker.serving.http_errors import RequestGuardMiddleware, ValidationErrorMiddleware
+from driver_ranker.serving.edge import HttpEdge, json_api
 from driver_ranker.serving.keepalive import ConnectionRecycler
 from driver_ranker.serving.openapi import openapi_document
-from driver_ranker.serving.request_log import RequestLogMiddleware
 from driver_ranker.serving.schemas import InferenceRequest, InferenceResponse
 
 settings = get_settings()
@@ -36,7 +35,7 @@ routes = FastAPI(title="driver-ranker", docs_url=None, redoc_url=None, openapi_u
     workers=settings.workers,
     traffic={"timeout": settings.request_timeout_s, "max_concurrency": settings.max_concurrency},
     http={"port": settings.port},
-    # request_log.py writes the one line per request; tracing is opt-in (README, Performance).
+    # The edge writes the one log line per request; tracing is opt-in (README, Performance).
     logging={"access": {"enabled": False}},
     tracing={} if settings.trace_requests else {"excluded_urls": [".*"]},
 )
@@ -116,14 +115,15 @@ def openapi() -> dict[str, Any]:
     return openapi_document(DriverRanker.openapi_spec.asdict(), settings, bento)
 
 
-DriverRanker.add_asgi_middleware(RequestLogMiddleware)
-DriverRanker.add_asgi_middleware(ValidationErrorMiddleware)
+# One middleware for the key, limits, keep-alive recycling and the log line; it answers POST
+# /inference itself, with this service's `inference` (serving/edge.py says why).
 DriverRanker.add_asgi_middleware(
-    ConnectionRecycler,
-    max_requests=settings.keepalive_max_requests,
-    max_age_s=settings.keepalive_max_age_s,
-    workers=settings.workers,
-)
-DriverRanker.add_asgi_middleware(
-    RequestGuardMiddleware, max_body_bytes=settings.max_body_bytes, api_key=settings.api_key
+    HttpEdge,
+    max_body_bytes=settings.max_body_bytes,
+    api_key=settings.api_key,
+    recycler=functools.partial(
+        ConnectionRecycler, settings.keepalive_max_requests, settings.keepalive_max_age_s, settings.workers
+    ),
+    apis={"/inference": json_api(DriverRanker, "inference")},
+    server=f"BentoML Service/{DriverRanker.name}",
 )

@@ -2,8 +2,8 @@
 
 Every worker accepts from one shared listening socket, and whichever is awake when a burst of
 connections arrives takes most of them; with keep-alive they stay there, and one worker works while
-the other idles. `ConnectionRecycler` answers `Connection: close`, and the client reconnects to
-whichever worker accepts first:
+the other idles. The edge answers `Connection: close` when `ConnectionRecycler` says so, and the
+client reconnects to whichever worker accepts first:
 - on a connection that has served KEEPALIVE_MAX_REQUESTS requests or is KEEPALIVE_MAX_AGE_S old (as
   Envoy's max_requests_per_connection and nginx's keepalive_requests / keepalive_time do), the age
   drawn per connection between 80% and 100% of it so that connections opened together do not all
@@ -24,8 +24,6 @@ import os
 import random
 import time
 from pathlib import Path
-
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from driver_ranker import metrics
 
@@ -62,8 +60,9 @@ class WorkerShares:
 
 
 class ConnectionRecycler:
-    def __init__(self, app: ASGIApp, max_requests: int, max_age_s: float, workers: int) -> None:
-        self.app = app
+    """Says which request is to be its connection's last (the edge then answers `Connection: close`)."""
+
+    def __init__(self, max_requests: int, max_age_s: float, workers: int) -> None:
         self.max_requests = max_requests
         self.max_age_s = max_age_s
         shared = os.environ.get("PROMETHEUS_MULTIPROC_DIR")  # per server: BentoML's workers share it
@@ -77,20 +76,7 @@ class ConnectionRecycler:
         self._connections: dict[tuple, list] = {}
         self._pruned_at = time.monotonic()
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        client = scope.get("client") if scope["type"] == "http" else None
-        if not client or not self._last_request(tuple(client)):
-            await self.app(scope, receive, send)
-            return
-
-        async def closing(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                message = {**message, "headers": [*message.get("headers", []), (b"connection", b"close")]}
-            await send(message)
-
-        await self.app(scope, receive, closing)
-
-    def _last_request(self, client: tuple) -> bool:
+    def last_request(self, client: tuple) -> bool:
         """Counts a request on the client's connection; true when it is to be the last one."""
         now = time.monotonic()
         seen = self._connections.get(client)

@@ -7,7 +7,8 @@ from starlette.routing import Route
 from starlette.testclient import TestClient
 
 from driver_ranker.serving.admin import bearer_token
-from driver_ranker.serving.http_errors import RequestGuardMiddleware, validation_message
+from driver_ranker.serving.edge import HttpEdge
+from driver_ranker.serving.http_errors import validation_message
 from driver_ranker.serving.schemas import whole_number
 
 
@@ -28,15 +29,13 @@ def test_body_errors_say_what_to_send():
 
 
 def guarded(api_key: str | None) -> TestClient:
-    """RequestGuardMiddleware in front of an app that answers 200 with the body it read."""
+    """The edge, answering no API itself, in front of an app that answers 200 with the body it read."""
 
     async def echo(request: Request) -> JSONResponse:
         return JSONResponse({"read": len(await request.body())})
 
     echo_app = Starlette(routes=[Route("/{path:path}", echo, methods=["GET", "POST"])])
-    app = RequestGuardMiddleware(
-        echo_app, max_body_bytes=1024, api_key=SecretStr(api_key) if api_key else None
-    )
+    app = HttpEdge(echo_app, max_body_bytes=1024, api_key=SecretStr(api_key) if api_key else None)
     return TestClient(app)
 
 
