@@ -34,7 +34,7 @@ from driver_ranker.features.layout import service_features
 from driver_ranker.features.online import JOIN_KEY
 from driver_ranker.features.store import historical_features, open_store
 from driver_ranker.model.registry import LoadedModel, load_alias, load_numbered, resolve_feature_service
-from driver_ranker.model.scoring import Scorer, compile_scorer
+from driver_ranker.model.scoring import Scorer
 
 REQUEST_COLUMNS = ("request_id", JOIN_KEY, "event_timestamp")
 _ROW = "_row"  # position in the input: the order of the output, and who wins a tie
@@ -55,7 +55,7 @@ class BatchModel:
         model = load_numbered(settings, version) if version else load_alias(settings)
         model = resolve_feature_service(model, store, settings.default_feature_service)
         service_features(store, model.feature_service, model.feature_names)  # raises MissingFeatures
-        score, _ = compile_scorer(model.estimator, len(model.feature_names))
+        score, _ = model.scorer()
         return cls(model, score, store.get_feature_service(model.feature_service))
 
 

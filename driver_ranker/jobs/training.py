@@ -31,6 +31,7 @@ from driver_ranker.features.store import FEATURE_SERVICE, historical_features, o
 from driver_ranker.jobs.data import ORDERS_FILE
 from driver_ranker.model.drift import METADATA_KEY, DriftReference
 from driver_ranker.model.registry import FEATURE_SERVICE_TAG, connect, load_version, version_for_alias
+from driver_ranker.model.scoring import scorer_metadata
 
 logger = logging.getLogger(__name__)
 
@@ -189,12 +190,14 @@ def train(settings: Settings, options: TrainOptions = TrainOptions()) -> Trainin
         example = train_rows[features].head(5)
         # Serving compares the features it scores with these bins (model/drift.py).
         reference = DriftReference.from_training(train_rows[features].to_numpy(), features)
+        # Workers score with the folded numbers and never load scikit-learn (model/scoring.py).
+        metadata = {METADATA_KEY: reference.to_metadata()} | scorer_metadata(estimator, len(features))
         model_info = mlflow.sklearn.log_model(
             estimator,
             name="model",
             signature=infer_signature(example, estimator.predict_proba(example.to_numpy())),
             input_example=example,
-            metadata={METADATA_KEY: reference.to_metadata()},
+            metadata=metadata,
         )
     timings["fit_log_s"] = time.perf_counter() - started
 

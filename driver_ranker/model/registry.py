@@ -6,6 +6,7 @@ import logging
 import os
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 import mlflow
@@ -16,6 +17,7 @@ from mlflow.exceptions import MlflowException
 from driver_ranker.config import Settings
 from driver_ranker.errors import MissingFeatures, ModelUnavailable
 from driver_ranker.model.drift import DriftReference
+from driver_ranker.model.scoring import FOLDED, LinearScorer, Scorer, compile_scorer
 
 if TYPE_CHECKING:
     from feast import FeatureStore
@@ -38,8 +40,11 @@ class LoadedModel:
     """Input order of the model, from its signature."""
     feature_service: str | None
     """Feast feature service the model reads; None until `resolve_feature_service` settles it."""
-    estimator: Any = field(repr=False)
-    """The native scikit-learn estimator (`predict_proba`)."""
+    location: str = field(repr=False)
+    """Where the version's files are: `models:/<name>/<version>`, or the Bento store's directory."""
+    linear_scorer: LinearScorer | None = field(default=None, repr=False)
+    """The arithmetic training wrote into the version's metadata (model/scoring.py); None for a
+    version trained without it, which is scored through its estimator."""
     loaded_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     source: str = "registry"
     """`registry`, or `bento-store` when started from the model the Bento carries."""
@@ -49,6 +54,18 @@ class LoadedModel:
     @property
     def uri(self) -> str:
         return f"models:/{self.name}/{self.version}"
+
+    @cached_property
+    def estimator(self) -> Any:
+        """The native scikit-learn estimator (`predict_proba`), loaded when first asked for: with
+        a linear scorer, serving never asks, and a worker imports neither scikit-learn nor skops."""
+        return mlflow.sklearn.load_model(self.location)
+
+    def scorer(self) -> tuple[Scorer, str]:
+        """The version's scorer and its kind: its linear scorer, else one compiled from its estimator."""
+        if self.linear_scorer is not None:
+            return self.linear_scorer.scorer(), FOLDED
+        return compile_scorer(self.estimator, len(self.feature_names))
 
 
 def connect(settings: Settings) -> MlflowClient:
@@ -69,14 +86,16 @@ def load_from_bento_store(tag: str, alias: str) -> LoadedModel:
     path = stored.path_of("mlflow_model")
     mlmodel = mlflow.models.Model.load(path)
     signature = mlmodel.signature
+    feature_names = tuple(signature.inputs.input_names())
     return LoadedModel(
         name=stored.tag.name,
         version=stored.info.labels.get("mlflow_version", str(stored.tag.version)),
         alias=alias,
         run_id=stored.info.metadata.get("run_id", ""),
-        feature_names=tuple(signature.inputs.input_names()),
+        feature_names=feature_names,
         feature_service=stored.info.metadata.get(FEATURE_SERVICE_TAG) or None,
-        estimator=mlflow.sklearn.load_model(path),
+        location=path,
+        linear_scorer=LinearScorer.from_metadata(mlmodel.metadata, len(feature_names)),
         source="bento-store",
         drift_reference=DriftReference.from_metadata(mlmodel.metadata),
     )
@@ -93,13 +112,14 @@ def version_for_alias(client: MlflowClient, name: str, alias: str) -> ModelVersi
 
 
 def load_version(client: MlflowClient, version: ModelVersion, alias: str) -> LoadedModel:
-    """Loads a version with its scikit-learn flavour and reads its feature order and service.
+    """Reads a version's MLmodel file: its feature order and service, its linear scorer and drift
+    reference (its estimator is loaded when first asked for).
 
     The feature service comes from the version's tag, else its run's tag (a version registered from
     MLflow's UI or by `mlflow.register_model` carries only the run's); it is None when neither
     names one, for `resolve_feature_service` to settle. Raises ModelUnavailable (no signature),
-    MlflowException (no scikit-learn flavour, an artifact that cannot be fetched) or the registry's
-    own errors.
+    MlflowException (an artifact that cannot be fetched) or the registry's own errors; a version
+    without a linear scorer and without a scikit-learn flavour fails when its estimator is loaded.
     """
     uri = f"models:/{version.name}/{version.version}"
     info = mlflow.models.get_model_info(uri)
@@ -109,14 +129,16 @@ def load_version(client: MlflowClient, version: ModelVersion, alias: str) -> Loa
     feature_service = version.tags.get(FEATURE_SERVICE_TAG)
     if not feature_service and version.run_id:
         feature_service = client.get_run(version.run_id).data.tags.get(FEATURE_SERVICE_TAG)
+    feature_names = tuple(signature.inputs.input_names())
     return LoadedModel(
         name=version.name,
         version=str(version.version),
         alias=alias,
         run_id=version.run_id or "",
-        feature_names=tuple(signature.inputs.input_names()),
+        feature_names=feature_names,
         feature_service=feature_service or None,
-        estimator=mlflow.sklearn.load_model(uri),
+        location=uri,
+        linear_scorer=LinearScorer.from_metadata(info.metadata, len(feature_names)),
         drift_reference=DriftReference.from_metadata(info.metadata),
     )
 

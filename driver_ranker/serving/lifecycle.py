@@ -41,7 +41,7 @@ from driver_ranker.model.registry import (
     resolve_feature_service,
     version_for_alias,
 )
-from driver_ranker.model.scoring import Scorer, compile_scorer
+from driver_ranker.model.scoring import Scorer
 
 logger = logging.getLogger(__name__)
 
@@ -244,7 +244,7 @@ class ModelManager:
             self._redis,
             force_sdk=self.settings.feature_reader == "feast-sdk",
         )
-        score, kind = compile_scorer(model.estimator, len(model.feature_names))
+        score, kind = model.scorer()
         return ServedModel(model, reader, score, kind)
 
     def _swap(self, role: str, served: ServedModel) -> None:

@@ -31,10 +31,12 @@ BODY = {"driver_ids": [1001, 1002, 1003, 1004, 1005]}
 
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory, feast_settings):
-    """A registry of this module's own: v1 trained (champion), v2 another logistic regression."""
+    """A registry of this module's own: v1 trained (champion), v2 another logistic regression
+    carrying its linear scorer as trained versions do (a version without one brings scikit-learn
+    and skops into a worker when it first loads one: test_refusals.py serves those)."""
     settings = repo_settings(feast_settings.feast_repo_path, mlflow_dir=tmp_path_factory.mktemp("lifecycle"))
     v1 = train(settings).version
-    v2 = register_logistic(settings)
+    v2 = register_logistic(settings, as_trained=True)
     return settings, v1, v2
 
 

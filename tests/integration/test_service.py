@@ -98,6 +98,17 @@ def test_model_endpoint_describes_the_served_version(client, champion):
     assert info["registry_checked_at"] and info["registry_error"] is None
 
 
+def test_a_worker_scores_without_loading_scikit_learn(client, champion):
+    """The champion's linear scorer comes from its metadata: scikit-learn's compiled modules (and
+    skops's list of every estimator) never enter the worker."""
+    pid = client.get("/model").json()["worker_pid"]
+    assert client.post("/inference", json=EXAMPLE_REQUEST).status_code == 200
+    with open(f"/proc/{pid}/maps") as maps:
+        loaded = {line.split()[-1] for line in maps if "site-packages/" in line}
+    assert any("/numpy/" in path for path in loaded)  # the check sees the worker's own libraries
+    assert not [path for path in loaded if "/sklearn/" in path]
+
+
 def drivers_counted(metrics: str) -> float:
     """driver_ranker_drivers_total summed over the workers' series."""
     return sum(

@@ -11,7 +11,7 @@ from sklearn.preprocessing import FunctionTransformer, MinMaxScaler, StandardSca
 from driver_ranker.features.online import FeatureRows
 from driver_ranker.jobs.data import STATS_FILE
 from driver_ranker.model.registry import load_alias
-from driver_ranker.model.scoring import compile_scorer, rank
+from driver_ranker.model.scoring import FOLDED, METADATA_KEY, LinearScorer, compile_scorer, rank
 
 
 @pytest.fixture(scope="module")
@@ -82,3 +82,41 @@ def test_plain_logistic_regression_is_folded_too():
     score, kind = compile_scorer(estimator, 3)
     assert kind == "folded-linear"
     np.testing.assert_allclose(score(x), estimator.predict_proba(x)[:, 1], rtol=0, atol=1e-12)
+
+
+def test_the_trained_version_carries_its_scorer_and_is_served_without_its_estimator(feast_settings, champion):
+    model = load_alias(feast_settings)
+    assert model.linear_scorer is not None
+    score, kind = model.scorer()
+    assert kind == FOLDED and "estimator" not in model.__dict__  # scikit-learn's model never loaded
+    stats = pd.read_parquet(feast_settings.feast_repo_path / "data" / STATS_FILE)
+    matrix = stats[list(model.feature_names)].to_numpy(dtype=np.float64)
+    extremes = np.array([[0.0, 0.0, 0.0], [1.0, 1.0, 1e9], [1e-9, 1.0, 1.0]])
+    for rows in (matrix, extremes):
+        expected = model.estimator.predict_proba(rows)[:, 1]
+        np.testing.assert_allclose(score(rows), expected, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    "metadata",
+    [
+        None,
+        {},
+        {METADATA_KEY: None},
+        {METADATA_KEY: {"log1p": True, "mean": [0, 0], "scale": [1, 1], "coef": [1, 1]}},  # no intercept
+        {METADATA_KEY: {"log1p": True, "mean": [0], "scale": [1], "coef": [1], "intercept": 0}},  # 1 input
+        {METADATA_KEY: {"log1p": True, "mean": "ab", "scale": [1, 1], "coef": [1, 1], "intercept": 0}},
+    ],
+)
+def test_metadata_without_a_fitting_scorer_gives_none(metadata):
+    assert LinearScorer.from_metadata(metadata, 2) is None
+
+
+def test_a_scorer_survives_its_trip_through_metadata():
+    rng = np.random.default_rng(3)
+    x, y = rng.uniform(0, 5, (300, 2)), rng.integers(0, 2, 300)
+    estimator = make_pipeline(FunctionTransformer(np.log1p), StandardScaler(), LogisticRegression()).fit(x, y)
+    folded = LinearScorer.fold(estimator)
+    again = LinearScorer.from_metadata({METADATA_KEY: folded.to_metadata()}, 2)
+    assert again == folded
+    np.testing.assert_allclose(again.scorer()(x), estimator.predict_proba(x)[:, 1], rtol=0, atol=1e-12)

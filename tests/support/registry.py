@@ -10,6 +10,7 @@ from sklearn.linear_model import LogisticRegression
 from driver_ranker.config import Settings
 from driver_ranker.features.store import FEATURE_SERVICE
 from driver_ranker.model.registry import FEATURE_SERVICE_TAG, connect
+from driver_ranker.model.scoring import scorer_metadata
 
 FEATURES = ["conv_rate", "acc_rate", "avg_daily_trips"]
 SERVICE_TAGS = {FEATURE_SERVICE_TAG: FEATURE_SERVICE}
@@ -20,8 +21,15 @@ def _rows(features: list[str]) -> pd.DataFrame:
     return pd.DataFrame(rng.uniform(0, 1, (50, len(features))), columns=features)
 
 
-def log_run(estimator, features: list[str] = FEATURES, pickled: bool = False, signed: bool = True) -> str:
-    """Fits `estimator` on random rows and logs it in a run with no tags; returns the model URI."""
+def log_run(
+    estimator,
+    features: list[str] = FEATURES,
+    pickled: bool = False,
+    signed: bool = True,
+    as_trained: bool = False,
+) -> str:
+    """Fits `estimator` on random rows and logs it in a run with no tags; returns the model URI.
+    `as_trained`: with the linear scorer in its metadata, as `make train` writes it."""
     frame = _rows(features)
     estimator.fit(frame.to_numpy(), np.random.default_rng(1).integers(0, 2, 50))
     with mlflow.start_run():
@@ -30,6 +38,7 @@ def log_run(estimator, features: list[str] = FEATURES, pickled: bool = False, si
             name="model",
             signature=infer_signature(frame, np.zeros((50, 2))) if signed else None,
             serialization_format="cloudpickle" if pickled else "skops",
+            metadata=scorer_metadata(estimator, len(features)) if as_trained else None,
         )
     return info.model_uri
 
@@ -41,11 +50,12 @@ def register(
     pickled: bool = False,
     tags: dict[str, str] | None = SERVICE_TAGS,
     signed: bool = True,
+    as_trained: bool = False,
 ) -> str:
     """Logs and registers `estimator` (fitted here on random rows) with a signature over
     `features`; returns the new version, with no alias."""
     connect(settings)
-    uri = log_run(estimator, features, pickled, signed)
+    uri = log_run(estimator, features, pickled, signed, as_trained)
     return str(mlflow.register_model(uri, settings.model_name, tags=tags).version)
 
 

@@ -21,7 +21,7 @@ N = 20_000
 def model(names: tuple[str, ...], reference: DriftReference | None, version: str = "1") -> LoadedModel:
     return LoadedModel(
         name="m", version=version, alias="champion", run_id="", feature_names=names,
-        feature_service="s", estimator=None, drift_reference=reference,
+        feature_service="s", location="", drift_reference=reference,
     )  # fmt: skip
 
 
