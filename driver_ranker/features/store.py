@@ -14,6 +14,7 @@ import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Literal
 
 import pandas as pd
 import pyarrow.parquet as pq
@@ -24,7 +25,7 @@ from feast import FeatureService, FeatureStore, FileSource
 from feast.data_source import DataSource
 from feast.infra.offline_stores.contrib.spark_offline_store.spark_source import SparkSource
 from feast.infra.online_stores.redis import RedisOnlineStore, RedisOnlineStoreConfig, RedisType
-from feast.repo_config import RepoConfig, load_repo_config
+from feast.repo_config import FeastConfigBaseModel, RepoConfig, load_repo_config
 from feast.repo_operations import apply_total, cli_check_repo, parse_repo
 from redis.asyncio.cluster import ClusterNode as AsyncClusterNode
 from redis.cluster import ClusterNode, RedisCluster
@@ -73,13 +74,21 @@ def open_store(settings: Settings, offline: bool = True) -> FeatureStore:
     return FeatureStore(repo_path=str(settings.feast_repo_path), config=config)
 
 
+class NoOfflineStore(FeastConfigBaseModel):
+    """The offline store of a config that reads online only."""
+
+    type: Literal["none"] = "none"
+
+
 def online_repo_config(settings: Settings) -> RepoConfig:
     """The repo's config without its offline store and batch engine, which reading online never
     uses: with OFFLINE_STORE=spark the service reads the registry the Spark jobs applied, and needs
     no PySpark (the image has none)."""
     raw = yaml.safe_load(os.path.expandvars(settings.feast_yaml.read_text()))
-    for section in ("offline_store", "batch_engine"):
-        raw.pop(section, None)
+    raw.pop("batch_engine", None)
+    # A config object, not a dict: Feast then imports no offline store class (its default, Dask,
+    # took 0.36 s and 28 MB of each worker's start).
+    raw["offline_store"] = NoOfflineStore()
     config = RepoConfig(**raw)
     config.repo_path = settings.feast_repo_path
     return config

@@ -22,7 +22,7 @@ import json
 import logging
 import time
 from collections import Counter
-from dataclasses import astuple, dataclass, fields
+from dataclasses import dataclass, fields
 
 import redis.asyncio as aioredis
 from pydantic import TypeAdapter, ValidationError
@@ -95,7 +95,8 @@ class Prediction:
 
     def values(self) -> list[str]:
         """The stored form of each field, in PREDICTION_FIELDS' order ("" for None)."""
-        return ["" if v is None else str(v) for v in astuple(self)]
+        # Not dataclasses.astuple, which deep-copies every field: a tenth of the writer's time.
+        return ["" if v is None else str(v) for v in (getattr(self, name) for name in PREDICTION_FIELDS)]
 
 
 PREDICTION_FIELDS = [f.name for f in fields(Prediction)]

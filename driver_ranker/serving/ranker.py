@@ -68,6 +68,11 @@ class Ranker:
         self._shadow_tasks: set[asyncio.Task] = set()
         self._all_unknown_logged_at = -ALL_UNKNOWN_LOG_INTERVAL_S
         self._not_ready_reason: str | None = None
+        # Labelled children looked up once: `labels()` costs twice the increment it precedes.
+        self._read_ok = metrics.FEATURE_READ_SECONDS.labels(outcome="ok")
+        self._read_unavailable = metrics.FEATURE_READ_SECONDS.labels(outcome="unavailable")
+        self._by_version: dict[str, tuple[Any, Any]] = {}
+        """version -> its (best score histogram, answered requests counter)."""
 
     @classmethod
     def start(cls, settings: Settings) -> Ranker:
@@ -137,17 +142,18 @@ class Ranker:
         try:
             rows = await served.reader.read(driver_ids)
         except FeatureStoreUnavailable:
-            metrics.FEATURE_READ_SECONDS.labels(outcome="unavailable").observe(time.perf_counter() - started)
+            self._read_unavailable.observe(time.perf_counter() - started)
             raise
-        metrics.FEATURE_READ_SECONDS.labels(outcome="ok").observe(time.perf_counter() - started)
+        self._read_ok.observe(time.perf_counter() - started)
         metrics.DRIVERS.inc(len(driver_ids))
         ranking = rank(served.score, rows)
         if role == CHAMPION:
             self.drift.observe(served.model, rows.matrix)
         best = ranking[0][0] if ranking else None
         version = served.model.version
+        best_scores, answered = self._version_metrics(version)
         if ranking:
-            metrics.BEST_SCORE.labels(version=version).observe(ranking[0][1])
+            best_scores.observe(ranking[0][1])
             metrics.FEATURE_AGE_SECONDS.observe(float(rows.ages_s.max()))
         if rows.unknown_ids:
             metrics.UNKNOWN_DRIVERS.inc(len(rows.unknown_ids))
@@ -155,7 +161,7 @@ class Ranker:
                 self._all_unknown(len(driver_ids))
         if rows.stale_ids:
             metrics.STALE_DRIVERS.inc(len(rows.stale_ids))
-        metrics.REQUESTS.labels(outcome="ok", version=version).inc()
+        answered.inc()
         shadow = self.manager.served.get(SHADOW)
         if shadow is not None and ranking:
             self._start_shadow(shadow, served, driver_ids, rows, ranking, request_id)
@@ -184,6 +190,15 @@ class Ranker:
                 "model": {"name": m.name, "version": m.version, "alias": m.alias},
             }
         )
+
+    def _version_metrics(self, version: str) -> tuple[Any, Any]:
+        children = self._by_version.get(version)
+        if children is None:
+            children = self._by_version[version] = (
+                metrics.BEST_SCORE.labels(version=version),
+                metrics.REQUESTS.labels(outcome="ok", version=version),
+            )
+        return children
 
     def _all_unknown(self, drivers: int) -> None:
         """Counts a request in which no driver had features, and says so in the log at most once a
