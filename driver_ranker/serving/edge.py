@@ -10,8 +10,8 @@ request needs around its handler.
   input model, the API's own function called, its output written as JSON, errors as BentoML's
   handler answers them (400 with per-field messages, 500 for an unexpected one). BentoML's handler
   does the same after its router and request context, through its serde and IO model, and rebuilds
-  the method's `inspect.signature` on every call: 30% of a worker's throughput (README,
-  Performance). BentoML's metrics, tracing, timeout and concurrency limit stay around this
+  the method's `inspect.signature` on every call: answering here gave one worker 1.31x the
+  requests/s of 5 drivers, side by side (README, Performance). BentoML's metrics, tracing, timeout and concurrency limit stay around this
   middleware; the API's declaration (its OpenAPI entry, `/schema.json`, BentoML's clients) stays
   BentoML's.
 
