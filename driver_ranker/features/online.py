@@ -167,10 +167,38 @@ class OnlineFeatureReader(Protocol):
         ...
 
 
-def _matrix(rows: list[Sequence[float | None]], n_rows: int, n_columns: int) -> np.ndarray:
-    """float64 (n_rows, n_columns) from rows of numbers: np.fromiter skips np.array's shape discovery."""
-    flat = itertools.chain.from_iterable(rows)
-    return np.fromiter(flat, dtype=np.float64, count=n_rows * n_columns).reshape(n_rows, n_columns)
+def _split(
+    driver_ids: Sequence[int],
+    values: np.ndarray,
+    event_times: np.ndarray,
+    complete: np.ndarray,
+    ttls_s: np.ndarray,
+    now: float,
+) -> FeatureRows:
+    """Splits drivers (each once) into fresh rows, stale ids and unknown ids, in numpy.
+
+    Row i of `values` (model inputs) and `event_times` (epoch seconds of the driver's row of each
+    feature view) is driver i's; `complete[i]` says it has every value and event time (else it is
+    unknown). Older than its view's ttl (seconds; 0 = never) is stale.
+    """
+    unknown: list[int] = []
+    if not complete.all():
+        unknown = list(itertools.compress(driver_ids, ~complete))
+        driver_ids = list(itertools.compress(driver_ids, complete))
+        values, event_times = values[complete], event_times[complete]
+    ages = now - event_times
+    oldest = ages.max(axis=1) if len(ttls_s) else np.zeros(len(driver_ids))
+    stale = ((ttls_s > 0) & (ages > ttls_s)).any(axis=1)
+    if not stale.any():
+        return FeatureRows(list(driver_ids), values, unknown, [], oldest)
+    fresh = ~stale
+    return FeatureRows(
+        list(itertools.compress(driver_ids, fresh)),
+        values[fresh],
+        unknown,
+        list(itertools.compress(driver_ids, stale)),
+        oldest[fresh],
+    )
 
 
 def _rows(
@@ -181,37 +209,20 @@ def _rows(
     n_features: int,
     now: float,
 ) -> FeatureRows:
-    """Splits per-driver values into fresh rows, stale ids and unknown ids.
-
-    `values[i]` are driver i's model inputs (None where missing: unknown); `event_times[i][v]` the
-    event time (epoch seconds) of driver i's row of feature view v: older than the view's ttl
-    (seconds; 0 = never) is stale. A driver repeated in the request counts once.
-    """
-    complete: list[int] = []  # drivers with every value and event time, each once
-    rows: list[Sequence[float | None]] = []
-    times: list[Sequence[float | None]] = []
-    unknown: list[int] = []
-    seen: set[int] = set()
-    for driver_id, row, driver_times in zip(driver_ids, values, event_times, strict=True):
-        if driver_id in seen:
-            continue
-        seen.add(driver_id)
-        if None in row or None in driver_times:
-            unknown.append(driver_id)
-            continue
-        complete.append(driver_id)
-        rows.append(row)
-        times.append(driver_times)
+    """`_split` of per-driver lists: `values[i]` are driver i's model inputs (None where missing:
+    unknown), `event_times[i][v]` the event time of its row of view v (None: unknown). A driver
+    repeated in the request counts once."""
+    first: dict[int, int] = {}  # driver -> its first position
+    for position, driver_id in enumerate(driver_ids):
+        first.setdefault(driver_id, position)
+    complete = [None not in values[i] and None not in event_times[i] for i in first.values()]
+    matrix = np.full((len(first), n_features), np.nan)
+    times = np.full((len(first), len(ttls_s)), np.nan)
+    for row, (i, ok) in enumerate(zip(first.values(), complete, strict=True)):
+        if ok:
+            matrix[row], times[row] = values[i], event_times[i]
     ttls = np.asarray(ttls_s, dtype=np.float64)
-    ages = now - _matrix(times, len(complete), len(ttls))
-    fresh = ~((ttls > 0) & (ages > ttls)).any(axis=1)
-    matrix = _matrix(rows, len(complete), n_features)
-    oldest = ages.max(axis=1) if len(ttls) else np.zeros(len(complete))
-    if fresh.all():
-        return FeatureRows(complete, matrix, unknown, [], oldest)
-    stale = [complete[i] for i in np.flatnonzero(~fresh).tolist()]
-    known = [complete[i] for i in np.flatnonzero(fresh).tolist()]
-    return FeatureRows(known, matrix[fresh], unknown, stale, oldest[fresh])
+    return _split(list(first), matrix, times, np.array(complete, dtype=bool), ttls, now)
 
 
 def _seconds(ts: Timestamp) -> float | None:
@@ -547,11 +558,18 @@ class RedisFeatureReader:
             script = self._client.register_script(HMGET_ALL)
             self._hmget_all = lambda keys, fields: script(args=self._script_args(keys, fields))
         self._round_trips = _SharedRoundTrips(lambda keys: self._hmget_all(keys, self._fields), timeout_s)
-        self._decoded: dict[tuple, tuple[tuple[float | None, ...], tuple[float | None, ...]]] = {}
+        # Decoded replies, each in a row of this table (DECODED_ROWS): a read looks its replies up
+        # and takes their rows with one numpy index, rather than building them in Python. A row:
+        # the model inputs, each view's event time, then 1.0 if none of them is missing.
+        self._slot_of: dict[tuple, int] = {}
+        self._next_slot = 0
+        self._table = np.zeros((DECODED_ROWS, self._n_features + len(ts_fields) + 1))
+        self._ttls_s = np.asarray(layout.ttls_s, dtype=np.float64)
         self._rows_probe = _RedisRows(self._client, store, layout, self._hold_ts_fields)
         self._readiness = _Readiness(self._probe)
 
     async def read(self, driver_ids: Sequence[int]) -> FeatureRows:
+        driver_ids = list(dict.fromkeys(driver_ids))  # each once
         keys = [self.redis_key(driver_id) for driver_id in driver_ids]
         try:
             async with asyncio.timeout(self._timeout_s):
@@ -565,29 +583,48 @@ class RedisFeatureReader:
                 f"{self._location} did not answer: {str(exc) or 'timed out'}"
             ) from exc
         now = time.time()
-        decoded = [self._decode(reply) for reply in replies]
-        values = [row for row, _ in decoded]
-        event_times = [times for _, times in decoded]
-        return _rows(driver_ids, values, event_times, self._layout.ttls_s, self._n_features, now)
+        slots = self._slots([tuple(reply) for reply in replies])  # may start the table again
+        table = self._table[slots]
+        n = self._n_features
+        return _split(driver_ids, table[:, :n], table[:, n:-1], table[:, -1] > 0, self._ttls_s, now)
 
-    def _decode(self, reply: list) -> tuple[tuple[float | None, ...], tuple[float | None, ...]]:
-        """One driver's model inputs (None where missing) and each view's event time, parsed from
-        Feast's serialized values once per distinct reply (DECODED_ROWS)."""
-        raw = tuple(reply)
-        known = self._decoded.get(raw)
-        if known is not None:
-            return known
-        row: list[float | None] = [None] * self._n_features
+    def _slots(self, raws: list[tuple]) -> np.ndarray:
+        """The table rows of the replies, decoding those not seen before."""
+        slot_of = self._slot_of
+        slots = [slot_of.get(raw, -1) for raw in raws]
+        if -1 in slots:
+            if self._next_slot + slots.count(-1) > len(self._table):
+                slot_of.clear()  # start the table again; this read's rows are decoded anew
+                self._next_slot = 0
+                slots = [-1] * len(raws)
+                if len(raws) > len(self._table):  # MAX_DRIVER_IDS set past DECODED_ROWS
+                    self._table = np.zeros((len(raws), self._table.shape[1]))
+            slots = [slot if slot >= 0 else self._decode(raw) for slot, raw in zip(slots, raws, strict=True)]
+        return np.array(slots, dtype=np.intp)
+
+    def _decode(self, raw: tuple) -> int:
+        """Parses one driver's reply (Feast's serialized values, then each view's event time) into
+        the next row of the table; returns the row."""
+        slot = self._next_slot
+        self._next_slot += 1
+        row = self._table[slot]
+        row[:] = np.nan
+        complete = True
         for (column, attr), value in zip(self._decoders, raw, strict=False):
-            if value:
-                parsed = Value.FromString(value)
-                if parsed.HasField(attr):
-                    row[column] = getattr(parsed, attr)
-        times = tuple(_seconds(Timestamp.FromString(raw[i])) if raw[i] else None for i in self._ts_slots)
-        if len(self._decoded) >= DECODED_ROWS:
-            self._decoded.clear()
-        known = self._decoded[raw] = (tuple(row), times)
-        return known
+            parsed = Value.FromString(value) if value else None
+            if parsed is not None and parsed.HasField(attr):
+                row[column] = getattr(parsed, attr)
+            else:
+                complete = False
+        for view, i in enumerate(self._ts_slots):
+            seconds = _seconds(Timestamp.FromString(raw[i])) if raw[i] else None
+            if seconds is None:
+                complete = False
+            else:
+                row[self._n_features + view] = seconds
+        row[-1] = complete
+        self._slot_of[raw] = slot
+        return slot
 
     def _script_args(self, keys: list[bytes], fields: list[bytes | str]) -> list:
         return [len(fields), *fields, self._key_size, b"".join(keys)]

@@ -11,6 +11,7 @@ import argparse
 import logging
 import subprocess
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 
 import mlflow
@@ -192,13 +193,17 @@ def train(settings: Settings, options: TrainOptions = TrainOptions()) -> Trainin
         reference = DriftReference.from_training(train_rows[features].to_numpy(), features)
         # Workers score with the folded numbers and never load scikit-learn (model/scoring.py).
         metadata = {METADATA_KEY: reference.to_metadata()} | scorer_metadata(estimator, len(features))
-        model_info = mlflow.sklearn.log_model(
-            estimator,
-            name="model",
-            signature=infer_signature(example, estimator.predict_proba(example.to_numpy())),
-            input_example=example,
-            metadata=metadata,
-        )
+        with warnings.catch_warnings():
+            # MLflow checks the named example by scoring it as a DataFrame, which scikit-learn
+            # warns about for a model fitted on arrays; the signature carries the names.
+            warnings.filterwarnings("ignore", message="X has feature names", category=UserWarning)
+            model_info = mlflow.sklearn.log_model(
+                estimator,
+                name="model",
+                signature=infer_signature(example, estimator.predict_proba(example.to_numpy())),
+                input_example=example,
+                metadata=metadata,
+            )
     timings["fit_log_s"] = time.perf_counter() - started
 
     started = time.perf_counter()

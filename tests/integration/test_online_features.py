@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 
 from driver_ranker.errors import DependencyUnavailable, FeatureStoreUnavailable, MissingFeatures
+from driver_ranker.features import online
 from driver_ranker.features.online import (
     FeastSdkReader,
     RedisFeatureReader,
@@ -51,6 +52,27 @@ def test_direct_reader_equals_feast_sdk(feast_settings, ids):
     for ages in (a.ages_s, b.ages_s):
         assert ages.shape == (len(a.driver_ids),)
         np.testing.assert_allclose(ages, expected, atol=5)
+
+
+def test_reads_past_the_decoded_table_start_it_again_with_the_same_values(feast_settings, monkeypatch):
+    """The direct reader keeps decoded replies in a table of DECODED_ROWS rows; reads of more
+    drivers than it holds start it again, and every read still equals Feast's SDK."""
+    monkeypatch.setattr(online, "DECODED_ROWS", 8)
+    store = open_store(feast_settings)
+    reads = ([1001, 1002, 1003, 1004, 1005], [1006, 1007, 1001, 99999], [1001, 1002], [*range(1010, 1030)])
+
+    async def read_all():
+        direct = RedisFeatureReader(store, SERVICE, FEATURES, 1.0)
+        sdk = FeastSdkReader(store, SERVICE, FEATURES, 1.0)
+        pairs = []
+        for ids in reads:
+            pairs.append((await direct.read(ids), await sdk.read(ids)))
+            assert len(direct._slot_of) <= max(8, len(ids))
+        return pairs
+
+    for a, b in asyncio.run(read_all()):
+        assert (a.driver_ids, a.unknown_ids) == (b.driver_ids, b.unknown_ids)
+        np.testing.assert_array_equal(a.matrix, b.matrix)
 
 
 def test_reader_follows_the_model_feature_order(feast_settings):
