@@ -26,7 +26,7 @@ from pathlib import Path
 import httpx
 
 from driver_ranker.config import PROJECT_ROOT
-from driver_ranker.ops.processes import free_port, kill_tree, serve_until_ready, stop_process_group
+from driver_ranker.ops.processes import free_port, kill_tree, serve_until_ready, stop_process_group, wait_for
 
 HAPROXY_CONFIG = PROJECT_ROOT / "deployment" / "haproxy.cfg"
 BACKEND = "rankers"
@@ -198,14 +198,13 @@ class Balancer:
 
     def wait_until(self, name: str, state: str, timeout: float = 30) -> float:
         """Seconds until server `name` is in `state` (exactly: `UP` is not `UP 1/2`)."""
-        started = time.monotonic()
-        while (seen := self._state(name)) != state:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"haproxy exited with {self.proc.returncode}: see {self.log}")
-            if time.monotonic() - started > timeout:
-                raise TimeoutError(f"HAProxy's {name} is {seen}, not {state}, after {timeout}s")
-            time.sleep(0.05)
-        return time.monotonic() - started
+        return wait_for(
+            lambda: self._state(name) == state,
+            timeout,
+            f"HAProxy's {name} is {state}",
+            proc=self.proc,
+            log_path=self.log,
+        )
 
 
 @contextmanager

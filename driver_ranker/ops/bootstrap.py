@@ -18,7 +18,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from urllib.parse import urlsplit, urlunsplit
 
 from driver_ranker.config import PROJECT_ROOT, Settings, get_settings
@@ -33,7 +32,7 @@ from driver_ranker.features.store import (
 from driver_ranker.jobs.data import STATS_FILE, DataSpec, write
 from driver_ranker.jobs.training import train
 from driver_ranker.model.registry import connect, version_for_alias
-from driver_ranker.ops.processes import SERVING_ENV
+from driver_ranker.ops.processes import SERVING_ENV, wait_for
 
 logger = logging.getLogger("driver_ranker.ops.bootstrap")
 
@@ -81,12 +80,11 @@ def ensure_redis(settings: Settings) -> bool:
         ],
         check=False,
     )
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        if redis_answers(settings):
-            return True
-        time.sleep(0.1)
-    return False
+    try:
+        wait_for(lambda: redis_answers(settings), 5, "redis-server answers", poll_s=0.1)
+    except TimeoutError:
+        return False
+    return True
 
 
 DEMO_MARKER = "SYNTHETIC_DEMO_DATA"

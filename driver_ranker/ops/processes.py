@@ -1,5 +1,5 @@
-"""Local processes of the stack, the tests and the benchmarks: a free port, `bentoml serve` until it
-is ready, and stopping a process with everything it started."""
+"""Local processes of the stack, the tests and the benchmarks: a free port, waiting for something a
+process does, `bentoml serve` until it is ready, and stopping a process with everything it started."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import httpx
@@ -62,23 +62,53 @@ def serve_until_ready(
     return proc
 
 
+def wait_for(
+    condition: Callable[[], object],
+    within: float,
+    what: str,
+    *,
+    proc: subprocess.Popen | None = None,
+    log_path: Path | None = None,
+    poll_s: float = 0.1,
+) -> float:
+    """Seconds until `condition()` is true. Raises RuntimeError when `proc` exits first and
+    TimeoutError after `within` seconds, each saying `what` (and the tail of `log_path`)."""
+    started = time.monotonic()
+
+    def tail() -> str:
+        return f":\n{log_path.read_text(errors='replace')[-4000:]}" if log_path is not None else ""
+
+    while True:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"exited with {proc.returncode} before {what}{tail()}")
+        if condition():
+            return time.monotonic() - started
+        if time.monotonic() - started > within:
+            raise TimeoutError(f"not within {within}s: {what}{tail()}")
+        time.sleep(poll_s)
+
+
+def answers_200(url: str) -> bool:
+    """GET `url` answers 200 within a second."""
+    try:
+        return httpx.get(url, timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def port_open(port: int) -> bool:
+    """Something accepts connections on the loopback `port`."""
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
 def wait_until_ready(
     proc: subprocess.Popen, url: str, what: str, log_path: Path, timeout: float, poll_s: float = 0.05
 ) -> None:
-    """Returns once GET `url` answers 200; raises RuntimeError if `proc` exits first, TimeoutError
-    after `timeout` seconds, each with the tail of its log."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{what} exited with {proc.returncode}:\n{log_path.read_text()[-4000:]}")
-        try:
-            if httpx.get(url, timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what} not ready in {timeout}s:\n{log_path.read_text()[-4000:]}")
-        time.sleep(poll_s)
+    """Returns once GET `url` answers 200 (`wait_for`'s errors otherwise, with the log's tail)."""
+    wait_for(
+        lambda: answers_200(url), timeout, f"{what} is ready", proc=proc, log_path=log_path, poll_s=poll_s
+    )
 
 
 def stop_process_group(proc: subprocess.Popen, grace_s: float = 15) -> None:

@@ -27,7 +27,7 @@ from pathlib import Path
 import httpx
 
 from driver_ranker.config import PROJECT_ROOT, get_settings
-from driver_ranker.ops.processes import stop_process_group
+from driver_ranker.ops.processes import stop_process_group, wait_for
 
 logger = logging.getLogger("driver_ranker.ops.stack")
 
@@ -96,11 +96,14 @@ def mlflow_server(backend_uri: str, artifacts: Path, port: int, log_path: Path) 
         proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 90
-        while not mlflow_works(url):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"mlflow server did not come up; see {log_path}")
-            time.sleep(0.3)
+        wait_for(
+            lambda: mlflow_works(url),
+            90,
+            f"mlflow server answers at {url}",
+            proc=proc,
+            log_path=log_path,
+            poll_s=0.3,
+        )
         yield url
     finally:
         stop_process_group(proc)

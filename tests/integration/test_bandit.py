@@ -14,8 +14,9 @@ import redis
 
 from driver_ranker.features.store import open_store
 from driver_ranker.model.registry import connect
+from driver_ranker.ops.processes import wait_for
 from tests.support.registry import register_logistic
-from tests.support.stack import REDIS, ranker_server, wait_for
+from tests.support.stack import REDIS, ranker_server
 
 ALIAS = "bandit-arm"
 IDS = [1001, 1002, 1003, 1004, 1005]

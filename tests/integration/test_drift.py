@@ -19,8 +19,9 @@ from driver_ranker.jobs.data import FIRST_DRIVER_ID, STATS_FILE, DataSpec
 from driver_ranker.jobs.training import train
 from driver_ranker.model.drift import SHIFTED_ABOVE, STABLE_BELOW
 from driver_ranker.model.registry import load_alias
+from driver_ranker.ops.processes import wait_for
 from tests.support.prometheus import prometheus_server
-from tests.support.stack import make_feast_repo, ranker_server, repo_settings, teardown_repo, wait_for
+from tests.support.stack import make_feast_repo, ranker_server, repo_settings, teardown_repo
 
 ALERTS = PROJECT_ROOT / "deployment" / "prometheus" / "alerts.yml"
 SPEC = DataSpec()

@@ -13,7 +13,8 @@ import pytest
 import redis
 
 from driver_ranker.features.store import open_store
-from tests.support.stack import REDIS, ranker_server, wait_for
+from driver_ranker.ops.processes import wait_for
+from tests.support.stack import REDIS, ranker_server
 
 IDS = [1001, 1002, 1003, 1004, 1005]
 

@@ -16,12 +16,13 @@ import pytest
 from driver_ranker.config import PROJECT_ROOT
 from driver_ranker.jobs.training import train
 from driver_ranker.model.registry import connect
+from driver_ranker.ops.processes import wait_for
 from driver_ranker.ops.release import promote, set_canary
 from driver_ranker.ops.stack import mlflow_server
 from tests.support.metrics import served_versions as metric_versions
 from tests.support.models import FailingModel, SleepyModel
 from tests.support.registry import FEATURES, register, register_logistic
-from tests.support.stack import free_port, ranker_server, repo_settings, settings_env, wait_for
+from tests.support.stack import free_port, ranker_server, repo_settings, settings_env
 
 INTERVAL = 2.0
 WORKERS = 2

@@ -17,8 +17,8 @@ from driver_ranker.features import online
 from driver_ranker.features.online import FeastSdkReader, RedisFeatureReader, open_reader
 from driver_ranker.features.store import apply, materialize, open_store, redis_address, require_redis
 from driver_ranker.jobs.data import DataSpec
-from driver_ranker.ops.processes import SERVING_ENV, free_port, stop_process_group
-from tests.support.stack import make_feast_repo, redis_server, repo_settings, settings_env, wait_for
+from driver_ranker.ops.processes import SERVING_ENV, free_port, stop_process_group, wait_for
+from tests.support.stack import make_feast_repo, redis_server, repo_settings, settings_env
 
 FEATURES = ("conv_rate", "acc_rate", "avg_daily_trips")
 SERVICE = "driver_ranker_v1"

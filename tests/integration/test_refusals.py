@@ -19,7 +19,7 @@ import pytest
 from driver_ranker.config import PROJECT_ROOT, Settings
 from driver_ranker.jobs.training import train
 from driver_ranker.model.registry import connect
-from driver_ranker.ops.processes import free_port, stop_process_group
+from driver_ranker.ops.processes import free_port, stop_process_group, wait_for
 from driver_ranker.ops.release import promote
 from tests.support.registry import (
     artifact_location,
@@ -28,7 +28,7 @@ from tests.support.registry import (
     register_pyfunc,
     register_run_model,
 )
-from tests.support.stack import ranker_server, repo_settings, settings_env, wait_for
+from tests.support.stack import ranker_server, repo_settings, settings_env
 
 INTERVAL = 1.0
 TOKEN = "refusals-admin-token"

@@ -10,9 +10,9 @@ import pytest
 
 from driver_ranker.features.store import FEATURE_SERVICE, open_store
 from driver_ranker.model.registry import connect
+from driver_ranker.ops.processes import wait_for
 from driver_ranker.serving.schemas import EXAMPLE_REQUEST
 from tests.support.metrics import served_versions
-from tests.support.stack import wait_for
 
 FEATURES = ["conv_rate", "acc_rate", "avg_daily_trips"]
 

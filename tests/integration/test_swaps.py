@@ -13,10 +13,11 @@ import pytest
 from driver_ranker.config import Settings
 from driver_ranker.jobs.training import train
 from driver_ranker.model.registry import connect
+from driver_ranker.ops.processes import wait_for
 from driver_ranker.ops.release import promote
 from tests.support.metrics import served_versions
 from tests.support.registry import register_logistic
-from tests.support.stack import ranker_server, repo_settings, wait_for
+from tests.support.stack import ranker_server, repo_settings
 
 INTERVAL = 0.5
 SWAPS = 50

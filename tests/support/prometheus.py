@@ -6,7 +6,6 @@ from __future__ import annotations
 import shutil
 import subprocess
 import tempfile
-import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,7 +14,7 @@ import httpx
 import pytest
 import yaml
 
-from driver_ranker.ops.processes import free_port, stop_process_group, wait_until_ready
+from driver_ranker.ops.processes import free_port, stop_process_group, wait_for, wait_until_ready
 
 DEBIAN_BINARY = Path("/usr/bin/prometheus")
 
@@ -95,14 +94,11 @@ class Prometheus:
         self._wait(lambda: float(self.query(expr)[0]["value"][1]) >= count, within, f"{count} scrapes")
 
     def _wait(self, condition: Callable[[], object], within: float, what: str) -> None:
-        deadline = time.monotonic() + within
-        while not condition():
-            if time.monotonic() > deadline:
-                targets = [(t["scrapeUrl"], t["health"], t["lastError"]) for t in self.targets()]
-                raise TimeoutError(
-                    f"Prometheus: not within {within}s: {what}; targets {targets}\n{self.log_tail()}"
-                )
-            time.sleep(0.2)
+        try:
+            wait_for(condition, within, f"Prometheus: {what}", poll_s=0.2)
+        except TimeoutError as exc:
+            targets = [(t["scrapeUrl"], t["health"], t["lastError"]) for t in self.targets()]
+            raise TimeoutError(f"{exc}; targets {targets}\n{self.log_tail()}") from None
 
     def log_tail(self, chars: int = 3000) -> str:
         return self.log_path.read_text(errors="replace")[-chars:]

@@ -5,12 +5,10 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -22,7 +20,7 @@ import pytest
 from driver_ranker.config import PROJECT_ROOT, Settings
 from driver_ranker.features.store import apply, materialize
 from driver_ranker.jobs.data import DataSpec, write
-from driver_ranker.ops.processes import free_port, serve_until_ready, stop_process_group
+from driver_ranker.ops.processes import free_port, port_open, serve_until_ready, stop_process_group, wait_for
 
 REDIS = "127.0.0.1:6379"
 
@@ -142,15 +140,7 @@ def redis_server(
 
 
 def wait_for_port(port: int, proc: subprocess.Popen, timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"process exited with {proc.returncode} before port {port} opened")
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise TimeoutError(f"nothing listens on {port} after {timeout}s")
+    wait_for(lambda: port_open(port), timeout, f"something listens on {port}", proc=proc)
 
 
 def start_ranker(
@@ -194,13 +184,3 @@ def use_definitions_of(repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     the copy an earlier test applied."""
     monkeypatch.delitem(sys.modules, "driver_repo", raising=False)
     monkeypatch.syspath_prepend(str(repo))
-
-
-def wait_for(condition: Callable[[], object], within: float, what: str, poll_s: float = 0.1) -> float:
-    """Seconds until `condition()` is true; fails the test, saying `what`, after `within` seconds."""
-    started = time.monotonic()
-    while time.monotonic() - started < within:
-        if condition():
-            return time.monotonic() - started
-        time.sleep(poll_s)
-    pytest.fail(f"not within {within}s: {what}")

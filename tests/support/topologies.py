@@ -7,7 +7,6 @@ from __future__ import annotations
 import signal
 import socket
 import subprocess
-import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -15,7 +14,7 @@ from pathlib import Path
 
 import redis
 
-from driver_ranker.ops.processes import free_port
+from driver_ranker.ops.processes import free_port, wait_for
 from tests.support.stack import wait_for_port
 
 SENTINEL_MASTER = "ranker-master"
@@ -63,14 +62,6 @@ class Topology:
         self.servers[port].wait(10)
 
 
-def _wait(condition, within: float, what: str) -> None:
-    deadline = time.monotonic() + within
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"not within {within}s: {what}")
-        time.sleep(0.1)
-
-
 @contextmanager
 def redis_cluster(folder: Path, masters: int = 3, replicas: int = 1) -> Iterator[Topology]:
     """A Redis Cluster: `masters` masters (the slots split between them by `redis-cli --cluster
@@ -98,7 +89,7 @@ def redis_cluster(folder: Path, masters: int = 3, replicas: int = 1) -> Iterator
                     return False
             return True
 
-        _wait(settled, 30, "every node of the cluster says cluster_state:ok")
+        wait_for(settled, 30, "every node of the cluster says cluster_state:ok")
         yield topology
 
 
@@ -152,8 +143,8 @@ def redis_sentinel(folder: Path, sentinels: int = 3, master: str = SENTINEL_MAST
                     return False
             return True
 
-        _wait(replicated, 20, "the replica is in sync with the master")
-        _wait(known_to_all, 30, "every sentinel knows the master and its replica")
+        wait_for(replicated, 20, "the replica is in sync with the master")
+        wait_for(known_to_all, 30, "every sentinel knows the master and its replica")
         yield topology
 
 
